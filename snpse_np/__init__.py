@@ -1,0 +1,32 @@
+"""snpse_np: neural posterior score estimation (NPSE) and its sequential form (TSNPSE).
+
+Sharrock, Simons, Liu, Beaumont, "Sequential Neural Score Estimation: Likelihood-Free
+Inference with Conditional Score Based Diffusion Models", ICML 2024.
+
+Importing the package imports numpy only; numba and cupy load when a backend needs them.
+"""
+__version__ = "0.1.0"
+
+from .priors import BoxUniform, LogNormal, MultivariateNormal, Normal  # noqa: F401
+
+_LAZY = {
+    "NPSE": ("npse", "NPSE"),
+    "ScorePosterior": ("posterior", "ScorePosterior"),
+    "load": ("posterior", "load"),
+    "TSNPSE": ("sequential", "TSNPSE"),
+    "simulate": ("simulate", "simulate"),
+    "c2st": ("metrics", "c2st"),
+    "get_backend": ("backend", "get_backend"),
+    "get_task": ("tasks", "get_task"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'snpse_np' has no attribute {name!r}")
+
+
+__all__ = ["BoxUniform", "Normal", "LogNormal", "MultivariateNormal", *_LAZY]

@@ -1,0 +1,178 @@
+"""Prior distributions: ``sample``, ``log_prob`` and the support.
+
+Every prior exposes
+
+- ``dim``                         the dimension d of theta;
+- ``sample(n, seed=None)``        (n, d) float64 draws;
+- ``log_prob(theta)``             (n,) log-density, ``-inf`` outside the support;
+- ``support_contains(theta)``     (n,) bool;
+- ``low``, ``high``               (d,) bounds of the support (``-inf`` / ``inf`` where open),
+                                  used for bounding-box pre-rejection and sample rejection.
+
+Shapes: ``theta`` is (n, d) or (d,) (treated as one row).
+"""
+import math
+
+import numpy as np
+
+from .rng import as_generator
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _as_vector(value, name):
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {np.shape(value)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {arr}")
+    return arr
+
+
+class Prior:
+    """Base class: shape checks shared by every prior."""
+
+    dim: int
+    low: np.ndarray
+    high: np.ndarray
+
+    def _rows(self, theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.ndim == 1:
+            theta = theta[None, :]
+        if theta.ndim != 2 or theta.shape[1] != self.dim:
+            raise ValueError(
+                f"theta must have shape (n, {self.dim}) for this {type(self).__name__} prior, "
+                f"got {np.shape(theta)}")
+        return theta
+
+    def support_contains(self, theta):
+        theta = self._rows(theta)
+        return np.all((theta >= self.low) & (theta <= self.high), axis=1) & np.all(np.isfinite(theta), axis=1)
+
+    @staticmethod
+    def _count(n):
+        if int(n) != n or n < 0:
+            raise ValueError(f"number of samples must be a non-negative int, got {n!r}")
+        return int(n)
+
+
+class BoxUniform(Prior):
+    """Independent uniform on the box [low, high]."""
+
+    def __init__(self, low, high):
+        self.low = _as_vector(low, "low")
+        self.high = _as_vector(high, "high")
+        if self.low.shape != self.high.shape:
+            raise ValueError(f"low and high must have the same shape, got {self.low.shape} and {self.high.shape}")
+        if np.any(self.high <= self.low):
+            raise ValueError("BoxUniform needs high > low in every dimension")
+        self.dim = self.low.size
+        self._log_volume = float(np.sum(np.log(self.high - self.low)))
+
+    def sample(self, n, seed=None):
+        rng = as_generator(seed)
+        return self.low + (self.high - self.low) * rng.random((self._count(n), self.dim))
+
+    def log_prob(self, theta):
+        inside = self.support_contains(theta)
+        return np.where(inside, -self._log_volume, -np.inf)
+
+    def __repr__(self):
+        return f"BoxUniform(low={self.low.tolist()}, high={self.high.tolist()})"
+
+
+class Normal(Prior):
+    """Independent normal: theta_j ~ N(loc_j, scale_j^2) (scale is the standard deviation)."""
+
+    def __init__(self, loc, scale):
+        self.loc = _as_vector(loc, "loc")
+        self.scale = _as_vector(scale, "scale") * np.ones_like(self.loc)
+        if np.any(self.scale <= 0):
+            raise ValueError("Normal needs scale > 0")
+        self.dim = self.loc.size
+        self.low = np.full(self.dim, -np.inf)
+        self.high = np.full(self.dim, np.inf)
+
+    def sample(self, n, seed=None):
+        rng = as_generator(seed)
+        return self.loc + self.scale * rng.standard_normal((self._count(n), self.dim))
+
+    def log_prob(self, theta):
+        theta = self._rows(theta)
+        z = (theta - self.loc) / self.scale
+        return -0.5 * np.sum(z * z, axis=1) - np.sum(np.log(self.scale)) - 0.5 * self.dim * _LOG_2PI
+
+    def __repr__(self):
+        return f"Normal(loc={self.loc.tolist()}, scale={self.scale.tolist()})"
+
+
+class LogNormal(Prior):
+    """Independent log-normal: log theta_j ~ N(loc_j, scale_j^2); support (0, inf)."""
+
+    def __init__(self, loc, scale):
+        self.loc = _as_vector(loc, "loc")
+        self.scale = _as_vector(scale, "scale") * np.ones_like(self.loc)
+        if np.any(self.scale <= 0):
+            raise ValueError("LogNormal needs scale > 0")
+        self.dim = self.loc.size
+        self.low = np.zeros(self.dim)
+        self.high = np.full(self.dim, np.inf)
+
+    def support_contains(self, theta):
+        theta = self._rows(theta)
+        return np.all(theta > 0, axis=1) & np.all(np.isfinite(theta), axis=1)
+
+    def sample(self, n, seed=None):
+        rng = as_generator(seed)
+        return np.exp(self.loc + self.scale * rng.standard_normal((self._count(n), self.dim)))
+
+    def log_prob(self, theta):
+        theta = self._rows(theta)
+        inside = self.support_contains(theta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_theta = np.log(np.where(inside[:, None], theta, 1.0))
+        z = (log_theta - self.loc) / self.scale
+        lp = (-0.5 * np.sum(z * z, axis=1) - np.sum(log_theta, axis=1)
+              - np.sum(np.log(self.scale)) - 0.5 * self.dim * _LOG_2PI)
+        return np.where(inside, lp, -np.inf)
+
+    def __repr__(self):
+        return f"LogNormal(loc={self.loc.tolist()}, scale={self.scale.tolist()})"
+
+
+class MultivariateNormal(Prior):
+    """theta ~ N(mean, cov) with a full covariance matrix (given as ``cov`` or ``precision``)."""
+
+    def __init__(self, mean, cov=None, precision=None):
+        self.mean = _as_vector(mean, "mean")
+        self.dim = self.mean.size
+        if (cov is None) == (precision is None):
+            raise ValueError("MultivariateNormal needs exactly one of cov or precision")
+        mat = np.asarray(cov if cov is not None else precision, dtype=np.float64)
+        if mat.shape != (self.dim, self.dim):
+            raise ValueError(f"covariance/precision must have shape ({self.dim}, {self.dim}), got {mat.shape}")
+        if not np.allclose(mat, mat.T):
+            raise ValueError("covariance/precision must be symmetric")
+        self.cov = mat if cov is not None else np.linalg.inv(mat)
+        self.cov = 0.5 * (self.cov + self.cov.T)
+        try:
+            self._chol = np.linalg.cholesky(self.cov)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("covariance must be positive definite") from err
+        self._log_det = 2.0 * float(np.sum(np.log(np.diag(self._chol))))
+        self.low = np.full(self.dim, -np.inf)
+        self.high = np.full(self.dim, np.inf)
+
+    def sample(self, n, seed=None):
+        rng = as_generator(seed)
+        return self.mean + rng.standard_normal((self._count(n), self.dim)) @ self._chol.T
+
+    def log_prob(self, theta):
+        theta = self._rows(theta)
+        # Solve L y = (theta - mean)^T so that |y|^2 is the Mahalanobis distance.
+        y = np.linalg.solve(self._chol, (theta - self.mean).T)
+        return -0.5 * np.sum(y * y, axis=0) - 0.5 * self._log_det - 0.5 * self.dim * _LOG_2PI
+
+    def __repr__(self):
+        return f"MultivariateNormal(mean={self.mean.tolist()}, dim={self.dim})"
