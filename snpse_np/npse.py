@@ -130,13 +130,14 @@ class NPSE:
     # ------------------------------------------------------------------ training
 
     def train(self, max_epochs=None, batch_size=None, learning_rate=None, validation_fraction=None,
-              patience=None, ema_decay=None, max_seconds=None, show_progress=None):
+              patience=None, ema_decay=None, max_seconds=None, show_progress=None, init_params=None):
         """Train a fresh score network on all simulations; return the ``ScorePosterior``.
 
         Arguments left None take ``TRAIN_DEFAULTS``. An epoch is one reshuffled pass over the
         training split; ``patience`` counts epochs without a new best validation loss. The
         validation loss uses noise and times drawn once, so it is comparable between epochs.
         ``max_seconds`` caps the wall time. A NaN/inf loss stops with a FloatingPointError.
+        ``init_params`` starts from given weights (a warm start) instead of a fresh initialisation.
         """
         opts = dict(TRAIN_DEFAULTS)
         for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -168,7 +169,12 @@ class NPSE:
 
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
         model = ScoreModel(net, self.sde, self.precondition, self.time_input)
-        params = be.to_device(net.init(self.rng, dt))
+        if init_params is None:
+            params = be.to_device(net.init(self.rng, dt))
+        else:
+            if init_params.shape != (net.size,):
+                raise ValueError(f"init_params must have shape ({net.size},), got {init_params.shape}")
+            params = be.to_device(be.to_host(init_params).astype(dt))
         grads = xp.empty_like(params)
         opt = Adam(be, params, opts["learning_rate"], ema_decay=opts["ema_decay"])
 
@@ -238,9 +244,9 @@ class NPSE:
     # ------------------------------------------------------------------ validation
 
     def _validation_set(self, model, th, xs, batch):
-        """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~2,000 rows are scored."""
+        """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~1,000 rows are scored."""
         be, dt = self.backend, self.dtype
-        reps = max(1, int(math.ceil(2000 / th.shape[0])))
+        reps = max(1, int(math.ceil(1000 / th.shape[0])))
         th, xs = np.tile(th, (reps, 1)), np.tile(xs, (reps, 1))
         rng = np.random.default_rng(self.rng.integers(2 ** 63))
         t = rng.uniform(self.sde.t_min, 1.0, th.shape[0])

@@ -126,7 +126,7 @@ def euler_maruyama(field, theta, steps, rng, corrector_steps=0, snr=0.16):
         if corrector_steps:
             t_next = grid[i + 1]
             tn = _rows(t_next, n)
-            alpha = field._dev(_rows(_langevin_alpha(sde, t_next, h), n))
+            alpha = _langevin_alpha(sde, t_next, h)
             for _ in range(corrector_steps):
                 s = field.score(theta, tn)
                 noise[...] = be.to_device(rng.standard_normal(theta.shape).astype(field.dtype))

@@ -8,7 +8,9 @@
   standardised theta), c_out = sigma_t: the network predicts -z, an O(1) target at every t
   (the usual noise-prediction form; Karras et al. 2022 call c_in the input scaling).
 - ``time_input="sigma"`` (the authors' code) feeds tau = sigma_t to the sinusoidal embedding;
-  ``"t"`` (the paper's text) feeds tau = t.
+  ``"t"`` (the paper's text) feeds tau = t; ``"log_sigma"`` feeds tau = log sigma_t, which
+  resolves small noise levels (with tau = sigma, every channel is nearly constant for
+  sigma << 1, exactly where samples get their detail).
 
 With the weight lambda = sigma_t^2 the DSM loss per row is mean_j (sigma s_j + z_j)^2
 = mean_j (c out_j + z_j)^2 with c = sigma / c_out: see ``backends.numpy_ref.dsm_loss``.
@@ -16,7 +18,7 @@ With the weight lambda = sigma_t^2 the DSM loss per row is mean_j (sigma s_j + z
 import numpy as np
 
 PRECONDITIONS = ("none", "noise")
-TIME_INPUTS = ("sigma", "t")
+TIME_INPUTS = ("sigma", "t", "log_sigma")
 
 
 class ScoreModel:
@@ -35,5 +37,10 @@ class ScoreModel:
             c_in, c_out = 1.0 / np.sqrt(alpha * alpha + sigma * sigma), sigma
         else:
             c_in, c_out = np.ones_like(sigma), np.ones_like(sigma)
-        tau = sigma if self.time_input == "sigma" else np.asarray(t, dtype=np.float64) * np.ones_like(sigma)
+        if self.time_input == "sigma":
+            tau = sigma
+        elif self.time_input == "log_sigma":
+            tau = np.log(sigma)
+        else:
+            tau = np.asarray(t, dtype=np.float64) * np.ones_like(sigma)
         return alpha, sigma, c_in, c_out, tau

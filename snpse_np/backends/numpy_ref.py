@@ -155,13 +155,15 @@ def affine_step(theta, a, score, b, noise, c):
 def langevin_step(theta, score, noise, snr, alpha):
     """Langevin corrector with the signal-to-noise step size (Song et al. 2021, Alg. 4/5).
 
-    eps_i = 2 alpha_i (snr |noise_i| / |score_i|)^2 from per-row norms;
-    theta_i += eps_i score_i + sqrt(2 eps_i) noise_i. theta, score, noise: (B, d); alpha: (B,).
+    The per-row norms |noise_i| and |score_i| are averaged over the batch (as Song et al.'s
+    code), so one step size eps = 2 alpha (snr mean|noise| / mean|score|)^2 serves all rows:
+    a per-row ratio explodes for rows near a mode, where |score_i| -> 0.
+    theta += eps score + sqrt(2 eps) noise. theta, score, noise: (B, d); alpha: float.
     """
-    nz = np.sqrt(np.sum(noise.astype(np.float64) ** 2, axis=1))
-    ns = np.sqrt(np.sum(score.astype(np.float64) ** 2, axis=1))
-    eps = 2.0 * alpha * (snr * nz / np.maximum(ns, 1e-30)) ** 2
-    theta += (eps[:, None] * score + np.sqrt(2.0 * eps)[:, None] * noise).astype(theta.dtype)
+    nz = np.mean(np.sqrt(np.sum(noise.astype(np.float64) ** 2, axis=1)))
+    ns = np.mean(np.sqrt(np.sum(score.astype(np.float64) ** 2, axis=1)))
+    eps = 2.0 * alpha * (snr * nz / max(ns, 1e-30)) ** 2
+    theta += (eps * score + np.sqrt(2.0 * eps) * noise).astype(theta.dtype)
 
 
 def trace_rows(out, tangent_out, tangent_in):

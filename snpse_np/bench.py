@@ -1,0 +1,216 @@
+"""``snpse bench``: NPSE / TSNPSE on sbibm tasks, one CSV row per (run, observation).
+
+    snpse bench --task slcp --method npse --sde ve --budget 10000 --obs 1-5 --seed 0
+
+Each row: task, method, sde, budget, observation, seed, c2st, c2st_classifier, mean_error,
+variance_ratio, train_seconds, sample_seconds, truncation_seconds, simulations, backend,
+machine, version. NPSE is amortised: one network is trained per (task, sde, budget, seed) and
+sampled at every observation; TSNPSE runs once per observation. After the runs a table shows
+our mean C2ST beside sbibm's published NPE and SNPE(-C) means on the same observations
+(``data/sbibm_c2st.csv``, extracted from sbibm's results/main_paper.csv).
+"""
+import csv
+import os
+import platform
+import time
+from importlib import resources
+
+import numpy as np
+
+FIELDS = ["task", "method", "sde", "budget", "observation", "seed", "c2st", "c2st_classifier", "mean_error",
+          "variance_ratio", "train_seconds", "sample_seconds", "truncation_seconds", "simulations", "backend",
+          "machine", "version"]
+
+
+def machine_name():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def published_c2st(task, budget, algorithm, observations):
+    """Mean of sbibm's published C2ST over ``observations`` (None if not in the table)."""
+    text = resources.files("snpse_np").joinpath("data/sbibm_c2st.csv").read_text()
+    vals = [float(r["c2st"]) for r in csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+            if r["task"] == task and int(r["budget"]) == budget and r["algorithm"] == algorithm
+            and int(r["observation"]) in observations]
+    return float(np.mean(vals)) if vals else None
+
+
+def parse_obs(text):
+    """"1-5" or "1,3,7" -> [1, ..., 5] / [1, 3, 7]."""
+    out = []
+    for part in str(text).split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    if not out or min(out) < 1 or max(out) > 10:
+        raise ValueError(f"observations must lie in 1..10, got {text!r}")
+    return out
+
+
+def _sde_kwargs(task, sde):
+    if sde == "ve" and task.ve_sigma_limits is not None:
+        return dict(sigma_min=task.ve_sigma_limits[0])
+    return {}
+
+
+def _score(task, k, samples, classifier):
+    from .metrics import c2st, posterior_mean_error, posterior_variance_ratio
+    ref = task.reference_samples(k)
+    n = min(len(ref), len(samples))
+    return (c2st(ref[:n], samples[:n], classifier=classifier), posterior_mean_error(samples, ref),
+            posterior_variance_ratio(samples, ref))
+
+
+def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observations=(1,), seed=0, backend=None,
+                  num_samples=10_000, classifier="fast", csv_path=None, num_rounds=10, max_seconds=None,
+                  show_progress=True, train_kwargs=None):
+    """Run, score and (optionally) append rows to ``csv_path``; returns the list of row dicts."""
+    import snpse_np as sn
+    from . import __version__
+    from .rng import child_seed
+    from .backend import get_backend
+    from .tasks import get_task
+
+    task = get_task(task_name)
+    be = get_backend(backend)
+    train_kwargs = dict(train_kwargs or {})
+    if max_seconds is not None:
+        train_kwargs["max_seconds"] = max_seconds
+    base = dict(task=task_name, method=method, sde=sde, budget=budget, seed=seed, c2st_classifier=classifier,
+                backend=be.name, machine=machine_name(), version=__version__)
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        if csv_path:
+            new = not os.path.exists(csv_path)
+            os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+            with open(csv_path, "a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=FIELDS)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        if show_progress:
+            print(f"  {task_name} {method}-{sde} {budget} obs {row['observation']}: C2ST {row['c2st']:.3f} "
+                  f"(train {row['train_seconds']:.0f}s, sample {row['sample_seconds']:.0f}s)", flush=True)
+
+    if method == "npse":
+        theta = task.prior.sample(budget, seed=child_seed(seed, 1))
+        x = sn.simulate(task.simulate, theta, seed=child_seed(seed, 2), progress=show_progress)
+        inference = sn.NPSE(task.prior, sde=sde, backend=be, seed=seed, show_progress=show_progress,
+                            **_sde_kwargs(task, sde))
+        posterior = inference.append_simulations(theta, x).train(**train_kwargs)
+        for k in observations:
+            t0 = time.perf_counter()
+            samples = posterior.sample(num_samples, x=task.observation(k), seed=child_seed(seed, 3, k),
+                                       reject_outside_prior=True)
+            t_sample = time.perf_counter() - t0
+            c, me, vr = _score(task, k, samples, classifier)
+            emit(dict(base, observation=k, c2st=c, mean_error=me, variance_ratio=vr,
+                      train_seconds=inference.summary["train_seconds"], sample_seconds=t_sample,
+                      truncation_seconds=0.0, simulations=budget - inference.n_invalid))
+    elif method == "tsnpse":
+        for k in observations:
+            run = sn.TSNPSE(task.prior, task.simulate, task.observation(k), sde=sde, backend=be, seed=seed,
+                            show_progress=show_progress, train_kwargs=train_kwargs, **_sde_kwargs(task, sde))
+            posterior = run.run(num_simulations=budget, num_rounds=num_rounds)
+            t0 = time.perf_counter()
+            samples = posterior.sample(num_samples, seed=child_seed(seed, 3, k), reject_outside_prior=True)
+            t_sample = time.perf_counter() - t0
+            c, me, vr = _score(task, k, samples, classifier)
+            emit(dict(base, observation=k, c2st=c, mean_error=me, variance_ratio=vr,
+                      train_seconds=sum(r["train_seconds"] for r in run.rounds), sample_seconds=t_sample,
+                      truncation_seconds=sum(r["truncation_seconds"] for r in run.rounds),
+                      simulations=sum(r["simulations"] - r["failed_simulations"] for r in run.rounds)))
+    else:
+        raise ValueError(f"unknown method {method!r}; choose 'npse' or 'tsnpse'")
+    return rows
+
+
+def summary_table(rows):
+    """Mean C2ST per (task, method, sde, budget) beside sbibm's NPE and SNPE on the same observations."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["sde"], int(r["budget"])), []).append(r)
+    lines = [f"{'task':<24} {'method':<12} {'budget':>7} {'obs':>5} {'C2ST':>6} {'NPE':>6} {'SNPE':>6}"]
+    for (task, method, sde, budget), rs in sorted(groups.items()):
+        obs = sorted({int(r["observation"]) for r in rs})
+        ours = np.mean([float(r["c2st"]) for r in rs])
+        npe, snpe = (published_c2st(task, budget, a, obs) for a in ("NPE", "SNPE"))
+        fmt = lambda v: f"{v:6.3f}" if v is not None else f"{'-':>6}"  # noqa: E731
+        lines.append(f"{task:<24} {method + '-' + sde:<12} {budget:>7} {len(obs):>5} {ours:6.3f} {fmt(npe)} {fmt(snpe)}")
+    return "\n".join(lines)
+
+
+def read_rows(csv_path):
+    with open(csv_path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_c2st(rows, path):
+    """C2ST against budget per task, our methods beside sbibm's NPE / SNPE (matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rs = [r for r in rows if r["task"] == task]
+        budgets = sorted({int(r["budget"]) for r in rs})
+        obs = sorted({int(r["observation"]) for r in rs})
+        for alg, style in (("NPE", "k--"), ("SNPE", "k:")):
+            ys = [published_c2st(task, b, alg, obs) for b in budgets]
+            if all(y is not None for y in ys):
+                ax.plot(budgets, ys, style, label=f"sbibm {alg}")
+        for label in sorted({(r["method"], r["sde"]) for r in rs}):
+            pts = [(b, np.mean([float(r["c2st"]) for r in rs if (r["method"], r["sde"]) == label
+                                and int(r["budget"]) == b])) for b in budgets
+                   if any((r["method"], r["sde"]) == label and int(r["budget"]) == b for r in rs)]
+            ax.plot(*zip(*pts), "o-", label=f"{label[0]}-{label[1]}")
+        ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.02)
+        ax.set_title(task)
+        ax.set_xlabel("simulations")
+    axes[0][0].set_ylabel("C2ST")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _bench(args):
+    rows = run_benchmark(args.task, args.method, args.sde, args.budget, parse_obs(args.obs), args.seed,
+                         args.backend, args.num_samples, args.c2st, args.csv, args.rounds, args.max_seconds,
+                         show_progress=not args.quiet)
+    print(summary_table(rows))
+    if args.plot:
+        plot_c2st(read_rows(args.csv) if args.csv else rows, args.plot)
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="benchmark on sbibm tasks; appends rows to a CSV")
+    p.add_argument("--task", default="two_moons")
+    p.add_argument("--method", default="npse", choices=["npse", "tsnpse"])
+    p.add_argument("--sde", default="ve", choices=["ve", "vp", "subvp"])
+    p.add_argument("--budget", type=int, default=10_000)
+    p.add_argument("--obs", default="1-5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--rounds", type=int, default=10, help="TSNPSE rounds")
+    p.add_argument("--num-samples", type=int, default=10_000)
+    p.add_argument("--c2st", default="fast", choices=["fast", "sklearn"])
+    p.add_argument("--csv", default="results/benchmark.csv")
+    p.add_argument("--plot", default=None, help="write a C2ST-vs-budget plot (matplotlib) to this path")
+    p.add_argument("--max-seconds", type=float, default=None, help="cap on each training's wall time")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_bench)

@@ -1,0 +1,101 @@
+"""The ``snpse`` command.
+
+    snpse run two_moons                 simulate, train, sample, summarise, write results
+    snpse bench --task slcp ...         benchmark runs appended to a CSV (see snpse_np.bench)
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _run(args):
+    import snpse_np as sn
+    from snpse_np.tasks import get_task
+
+    task = get_task(args.task)
+    x_o = task.observation(args.obs)
+    print(f"task {task.name}: dim theta {task.dim_theta}, dim x {task.dim_x}, observation {args.obs}")
+    t0 = time.perf_counter()
+    theta = task.prior.sample(args.num_simulations, seed=args.seed)
+    x = sn.simulate(task.simulate, theta, seed=args.seed + 1, progress=not args.quiet)
+    t_sim = time.perf_counter() - t0
+    print(f"simulated {args.num_simulations} in {t_sim:.1f}s")
+    sde_kwargs = {}
+    if args.sde == "ve" and task.ve_sigma_limits is not None:
+        sde_kwargs["sigma_min"] = task.ve_sigma_limits[0]
+    inference = sn.NPSE(task.prior, sde=args.sde, backend=args.backend, seed=args.seed,
+                        show_progress=not args.quiet, **sde_kwargs)
+    posterior = inference.append_simulations(theta, x).train(max_epochs=args.max_epochs,
+                                                             max_seconds=args.max_seconds)
+    s = inference.summary
+    t0 = time.perf_counter()
+    samples = posterior.sample(args.num_samples, x=x_o, sampler=args.sampler, seed=args.seed + 2,
+                               reject_outside_prior=True)
+    t_sample = time.perf_counter() - t0
+    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.1f}s "
+          f"(best validation loss {s['best_val_loss']:.4f}); sampled {args.num_samples} in {t_sample:.1f}s")
+    ref = None
+    try:
+        ref = task.reference_samples(args.obs)
+    except Exception as err:  # the reference files are optional for a run
+        print(f"(no reference samples: {err})")
+    true = task.true_parameters(args.obs)
+    print(f"{'dim':>4} {'mean':>9} {'std':>9} {'ref mean':>9} {'ref std':>9} {'true':>9}")
+    for j in range(task.dim_theta):
+        rm = f"{ref[:, j].mean():9.4f}" if ref is not None else f"{'-':>9}"
+        rs = f"{ref[:, j].std():9.4f}" if ref is not None else f"{'-':>9}"
+        print(f"{j + 1:>4} {samples[:, j].mean():9.4f} {samples[:, j].std():9.4f} {rm} {rs} {true[j]:9.4f}")
+    if ref is not None and not args.no_c2st:
+        from snpse_np.metrics import c2st
+        t0 = time.perf_counter()
+        score = c2st(ref[:args.num_samples], samples[:len(ref)], classifier="fast")
+        print(f"C2ST against the sbibm reference (fast classifier): {score:.3f} "
+              f"({time.perf_counter() - t0:.1f}s; 0.5 is perfect)")
+    os.makedirs(args.out, exist_ok=True)
+    np.savetxt(os.path.join(args.out, "samples.csv"), samples, delimiter=",",
+               header=",".join(f"theta_{j + 1}" for j in range(task.dim_theta)), comments="")
+    posterior.save(os.path.join(args.out, "posterior.npz"))
+    written = ["samples.csv", "posterior.npz"]
+    try:
+        from snpse_np.plot import pairplot
+        pairplot(samples, reference=ref, truth=true, path=os.path.join(args.out, "pairplot.png"))
+        written.append("pairplot.png")
+    except ImportError:
+        pass
+    print(f"wrote {', '.join(written)} to {args.out}/")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="snpse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one inference on an sbibm task")
+    run.add_argument("task", nargs="?", default="two_moons")
+    run.add_argument("--num-simulations", type=int, default=10_000)
+    run.add_argument("--obs", type=int, default=1, help="sbibm observation number 1..10")
+    run.add_argument("--sde", default="ve", choices=["ve", "vp", "subvp"])
+    run.add_argument("--sampler", default="ode", choices=["ode", "sde", "pc"])
+    run.add_argument("--num-samples", type=int, default=10_000)
+    run.add_argument("--backend", default=None, choices=[None, "numpy", "numba", "cuda"])
+    run.add_argument("--max-epochs", type=int, default=None)
+    run.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default="runs/latest")
+    run.add_argument("--no-c2st", action="store_true")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=_run)
+    try:
+        from snpse_np.bench import add_parser as add_bench
+        add_bench(sub)
+    except ImportError:
+        pass
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""TSNPSE: the truncated prior, a two-round run against an analytic posterior, resuming a killed
+run, and the error for a too-low acceptance rate."""
+import numpy as np
+import pytest
+
+import snpse_np as sn
+from snpse_np.metrics import c2st
+from snpse_np.truncation import TruncatedPrior, TruncationError
+
+
+class GaussianPosterior:
+    """A stand-in posterior with exact sample / log_prob: N(mean, s^2 I)."""
+
+    def __init__(self, mean, s):
+        self.mean, self.s = np.asarray(mean, float), float(s)
+        self.calls = 0
+
+    def _check_x(self, x):
+        return np.zeros(1)
+
+    def sample(self, n, x=None, seed=None, reject_outside_prior=False):
+        return self.mean + self.s * np.random.default_rng(seed).standard_normal((n, self.mean.size))
+
+    def log_prob(self, theta, x=None, seed=None, **kw):
+        self.calls += 1
+        d = self.mean.size
+        return -0.5 * np.sum((theta - self.mean) ** 2, 1) / self.s ** 2 - d * np.log(self.s) - 0.5 * d * np.log(2 * np.pi)
+
+
+def test_truncated_prior_is_the_prior_restricted_to_the_region():
+    prior = sn.Normal([0.0, 0.0], [1.0, 1.0])
+    post = GaussianPosterior([0.8, -0.3], 0.3)
+    tp = TruncatedPrior(prior, post, epsilon=1e-3, num_samples=20000, seed=0)
+    # the region is the ball |theta - m| < r with exp(-r^2 / 2 s^2) at the 1e-3 quantile of a chi2(2)
+    r = 0.3 * np.sqrt(-2 * np.log(1e-3))
+    s = tp.sample(20000, seed=1)
+    dist = np.linalg.norm(s - post.mean, axis=1)
+    assert dist.max() <= r * 1.02 and dist.max() > r * 0.95
+    # brute force: prior draws inside the ball; same distribution (the prior tilts it toward 0)
+    cand = prior.sample(400000, seed=2)
+    ref = cand[np.linalg.norm(cand - post.mean, axis=1) < r][:20000]
+    assert np.allclose(s.mean(0), ref.mean(0), atol=0.015)
+    assert np.allclose(s.std(0), ref.std(0), rtol=0.03)
+    # and not uniform in the ball: the mean is pulled toward the prior mode
+    assert np.linalg.norm(s.mean(0)) < np.linalg.norm(post.mean) - 0.05
+    assert 0 < tp.acceptance < 1
+
+
+def test_too_low_acceptance_raises_with_the_rate():
+    prior = sn.BoxUniform(-10 * np.ones(3), 10 * np.ones(3))
+    post = GaussianPosterior([0.0, 0.0, 0.0], 0.01)
+    tp = TruncatedPrior(prior, post, epsilon=1e-3, num_samples=2000, seed=0, box_margin=0.0,
+                        max_candidates=20000, batch_size=5000)
+    with pytest.raises(TruncationError, match="acceptance rate"):
+        tp.sample(1000, seed=1)
+
+
+# ------------------------------------------------------------------ TSNPSE end to end
+
+NOISE = 0.1
+X_O = np.array([0.7, -0.4])
+
+
+def simulator(theta, seed=None):
+    return theta + np.sqrt(NOISE) * np.random.default_rng(seed).standard_normal(theta.shape)
+
+
+FAST = dict(max_epochs=150, patience=30)
+
+
+def test_two_rounds_recover_the_analytic_posterior():
+    prior = sn.Normal(np.zeros(2), np.ones(2))
+    run = sn.TSNPSE(prior, simulator, X_O, seed=0, show_progress=False, train_kwargs=FAST)
+    posterior = run.run(num_simulations=2000, num_rounds=2, num_hpr_samples=4000,
+                        log_prob_kwargs=dict(method="rk4", steps=20))
+    var = 1 / (1 + 1 / NOISE)
+    mean = var * X_O / NOISE
+    samples = posterior.sample(3000, seed=1)
+    ref = mean + np.sqrt(var) * np.random.default_rng(2).standard_normal((3000, 2))
+    assert c2st(ref, samples, classifier="fast") < 0.6
+    assert len(run.rounds) == 2 and run.rounds[1]["acceptance"] < 0.5  # the second round truncated
+    assert run.rounds[1]["total_simulations"] == 2000
+
+
+class Interrupt(Exception):
+    pass
+
+
+class CountingSimulator:
+    """Raises after ``fail_after`` rows have been simulated (a killed run), counts rows."""
+
+    def __init__(self, fail_after=None):
+        self.rows, self.fail_after = 0, fail_after
+
+    def __call__(self, theta, seed=None):
+        if self.fail_after is not None and self.rows + len(theta) > self.fail_after:
+            raise KeyboardInterrupt  # not retried, not swallowed: like a kill
+        self.rows += len(theta)
+        return simulator(theta, seed)
+
+
+def test_killed_run_resumes_without_resimulating(tmp_path):
+    prior = sn.Normal(np.zeros(2), np.ones(2))
+    kw = dict(num_simulations=600, num_rounds=3, num_hpr_samples=1000, log_prob_kwargs=dict(method="rk4", steps=8))
+    tk = dict(max_epochs=5)
+    sim = CountingSimulator(fail_after=300)  # dies in round 2
+    with pytest.raises(KeyboardInterrupt):
+        sn.TSNPSE(prior, sim, X_O, seed=0, workdir=tmp_path, show_progress=False, train_kwargs=tk).run(**kw)
+    done_before = sim.rows
+    assert done_before >= 200
+    sim2 = CountingSimulator()
+    run = sn.TSNPSE(prior, sim2, X_O, seed=0, workdir=tmp_path, show_progress=False, train_kwargs=tk)
+    run.run(**kw)
+    assert sim2.rows <= 600 - 200  # round 1 (and finished chunks of round 2) were not simulated again
+    assert sum(r["simulations"] for r in run.rounds) == 600
+    assert run.rounds[-1]["total_simulations"] == 600
+    with pytest.raises(ValueError, match="other settings"):
+        sn.TSNPSE(prior, sim2, X_O, seed=1, workdir=tmp_path, show_progress=False).run(**kw)
+
+
+def test_simulator_failures_are_counted_not_raised():
+    prior = sn.Normal(np.zeros(2), np.ones(2))
+
+    def flaky(theta, seed=None):
+        x = simulator(theta, seed)
+        x[theta[:, 0] > 1.0] = np.nan
+        return x
+
+    run = sn.TSNPSE(prior, flaky, X_O, seed=0, show_progress=False, train_kwargs=dict(max_epochs=2))
+    run.run(num_simulations=400, num_rounds=1)
+    assert run.rounds[0]["failed_simulations"] > 0
