@@ -192,7 +192,7 @@ def torch_train_step(device, batch, seed=0):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss
+        return loss.item()  # as NPSE.train, which checks every loss on the host
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     return step, sync
@@ -228,45 +228,54 @@ def torch_sampler(device, n, seed=0):
 
 def timed(fn, sync, warmup=3, repeats=20):
     """(median seconds, first-call seconds) of fn(); sync inside the timed region."""
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        fn()
-    sync()
-    ts = []
-    for _ in range(repeats):
+    return interleaved({"f": (fn, sync)}, warmup, repeats)["f"]
+
+
+def interleaved(fns, warmup=3, repeats=20):
+    """{name: (median seconds, first-call seconds)} for {name: (fn, sync)}, timing the
+    implementations in turn within each repeat, so that a change in the machine's load (shared
+    machines) hits all of them alike and the ratios stay fair."""
+    first, times = {}, {k: [] for k in fns}
+    for k, (fn, sync) in fns.items():
         t0 = time.perf_counter()
         fn()
         sync()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), first
+        first[k] = time.perf_counter() - t0
+        for _ in range(warmup):
+            fn()
+        sync()
+    for _ in range(repeats):
+        for k, (fn, sync) in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (float(np.median(v)), first[k]) for k, v in times.items()}
 
 
 def compare(device="cpu", batches=(50, 200, 500), n_samples=10_000, em_steps=5, repeats=20, backends=None,
             threads=1, with_torch=True, log=print):
-    """Run the comparison; returns (train rows, sampling rows) as lists of dicts."""
-    backends = backends or (["numpy", "numba"] if device == "cpu" else ["cuda"])
+    """Run the comparison; returns (train rows, sampling rows) as lists of dicts (seconds)."""
+    backends = list(backends or (["numpy", "numba"] if device == "cpu" else ["cuda"]))
     use_torch = with_torch and torch_available()
     if use_torch:
         import torch
         torch.set_num_threads(threads)
+    impls = backends + (["torch"] if use_torch else [])
     train_rows = []
     for batch in batches:
-        row = {"batch": batch}
-        for b in backends:
-            step, sync = package_train_step(b, batch)
-            row[b], _ = timed(step, sync, repeats=repeats)
-        if use_torch:
-            step, sync = torch_train_step(device, batch)
-            row["torch"], _ = timed(step, sync, repeats=repeats)
+        fns = {b: (torch_train_step(device, batch) if b == "torch" else package_train_step(b, batch)) for b in impls}
+        res = interleaved(fns, repeats=repeats)
+        row = {"batch": batch, **{b: res[b][0] for b in impls}}
         train_rows.append(row)
         log(_fmt_train(row, backends, use_torch))
+    runs = {b: (torch_sampler(device, n_samples) if b == "torch" else package_sampler(b, n_samples)) for b in impls}
+    # EM: each timed call runs em_steps steps (a few on the CPU: seconds each), in turn.
+    fns = {b: ((lambda run=run: run(em_steps)), sync) for b, (run, sync) in runs.items()}
+    res = interleaved(fns, warmup=0, repeats=max(2, repeats // 10))
     samp_rows = []
-    for b in backends + (["torch"] if use_torch else []):
-        run, sync = torch_sampler(device, n_samples) if b == "torch" else package_sampler(b, n_samples)
-        sec, _ = timed(lambda: run(em_steps), sync, warmup=1, repeats=max(2, repeats // 10))
+    for b in impls:
+        sec = res[b][0]
         samp_rows.append({"impl": b, "steps_timed": em_steps, "s_per_step": sec / em_steps,
                           "s_per_1000_steps": sec / em_steps * 1000})
         log(f"Euler-Maruyama, {n_samples} samples: {b:6s} {1e3 * sec / em_steps:8.2f} ms/step -> "

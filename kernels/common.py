@@ -29,6 +29,13 @@ if ROOT not in sys.path:
 
 from snpse_np.backends import numpy_ref  # noqa: E402
 
+# The prange variants: Numba's default OpenMP layer took ~12 ms per parallel call on the loaded
+# 2-core development machine (thread wake-ups under oversubscription); workqueue took 0.19 ms.
+# Set before the first parallel launch; NUMBA_THREADING_LAYER in the environment wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    import numba
+    numba.config.THREADING_LAYER = "workqueue"
+
 # ----------------------------------------------------------------------------- tolerances
 # Compared against numpy_ref run in the SAME dtype on the same inputs. Reasons name what makes
 # two correct implementations differ.

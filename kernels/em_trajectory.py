@@ -3,9 +3,9 @@
 Op: ``em_trajectory(theta, noise, problem)``: runs ``steps`` reverse-SDE Euler-Maruyama steps
 (as ``snpse_np.sampling.euler_maruyama``) from theta (N, d), in place; ``noise`` (steps, N, d)
 holds the standard normal draws, or is None for in-kernel draws (the GPU variants only).
-``problem`` (``Problem``) holds the network, its weights, the conditioning row xc and the SDE.
+``problem`` (``make_problem``) holds the network, its weights, the conditioning row xc and the SDE.
 
-The kernel (variants 3, 4) gives each thread one sample and keeps it on chip for the whole
+The kernel (variants 4, 5) gives each thread one sample and keeps it on chip for the whole
 trajectory: one thread = one sample's MLP forward per step (local-memory ping-pong buffers of
 MAXW floats), weights in shared memory (or read through L1 from global memory when they do not
 fit), noise from numba's xoroshiro128p (one state per thread) or from the array. Constant work
@@ -17,18 +17,22 @@ Variants:
   0. ``numpy``             the package's step loop (ScoreField + affine_step) on the numpy
                            backend, noise from the array: the reference.
   1. ``prod``              the same loop on the numba backend (snpse_np.backends.numba_cpu).
-  2. ``prod_cuda``         the same loop on the cuda backend (CuPy + numba.cuda), GPU only.
-  3. ``cuda_v1_shared``    the trajectory kernel, weights in shared memory (<= 48 KB).
-  4. ``cuda_v2_global``    the trajectory kernel, weights from global memory (any size).
-  Variants 3 and 4 run under NUMBA_ENABLE_CUDASIM=1 at tiny sizes (validation) or on a GPU.
+  2. ``numba_v3_fused``    the numba loop with the sampling shortcuts proposed for nn.py /
+                           sampling.py: the time-embedding row shared by all samples (folded
+                           into the head's first-layer bias), activations in place, rows in
+                           L2-sized chunks.
+  3. ``prod_cuda``         the package loop on the cuda backend (CuPy + numba.cuda), GPU only.
+  4. ``cuda_v1_shared``    the trajectory kernel, weights in shared memory (<= 48 KB).
+  5. ``cuda_v2_global``    the trajectory kernel, weights from global memory (any size).
+  Variants 4 and 5 run under NUMBA_ENABLE_CUDASIM=1 at tiny sizes (validation) or on a GPU.
   With noise=None they draw in-kernel; that path is validated by moments against variant 0
   (``check_moments``), not element by element.
 
 Networks (``make_problem``): "tiny" (widths 8, for the simulator), "small" (widths 48: the
 weights fit shared memory), "paper" (widths 256: global memory only).
 
-Run: ``PYTHONPATH=. python kernels/em_trajectory.py`` (CPU: variants 0-1, a few steps;
-on a GPU all variants, 10,000 samples x 1,000 steps).
+Run: ``PYTHONPATH=. python kernels/em_trajectory.py`` (CPU: variants 0-2, a few steps;
+on a GPU all variants, 10,000 samples x 1,000 steps; the paper network 100 steps).
 """
 import math
 import os
@@ -56,7 +60,7 @@ from numba.cuda.random import xoroshiro128p_dtype, xoroshiro128p_normal_float32 
 OPS = ("em_trajectory",)
 DTYPES = (np.float32,)
 TINY_SIZES = [(8, 3, "tiny"), (13, 2, "tiny")]  # (N samples, steps, network)
-TIMING_SIZES = [(10_000, 1_000, "small"), (10_000, 1_000, "paper")]
+TIMING_SIZES = [(10_000, 1_000, "small"), (10_000, 100, "paper")]  # GPU; paper: 100 steps, per 1,000 extrapolated
 CPU_TIMING_SIZES = [(10_000, 4, "paper")]  # CPU: a few steps, extrapolated per 1,000
 MAXW = 256  # widest layer the kernel supports (local-memory buffers)
 SMEM = 12288  # float32 words of static shared memory per block (48 KB)
@@ -92,7 +96,7 @@ def make_case(op, size, dtype, rng):
     d = prob.net.dim_theta
     theta = (prob.sde.prior_std * rng.standard_normal((n, d))).astype(dtype)
     noise = rng.standard_normal((steps, n, d)).astype(dtype)
-    flops = 2.0 * n * steps * sum(fi * fo for _, (fi, fo), _ in _dense_layers(prob))
+    flops = 2.0 * n * steps * _macs(prob)
     return Case(op, [theta, noise, prob], (0,), theta.nbytes * 2, flops, f"N={n} steps={steps} net={kind}")
 
 
@@ -121,6 +125,60 @@ def _em_loop(backend, theta, noise, prob):
 
 
 REFERENCE = SimpleNamespace(em_trajectory=lambda theta, noise, prob: _em_loop("numpy", theta, noise, prob))
+
+
+def _em_fused(theta, noise, prob, chunk=1024):
+    """The step loop on the numba backend with the sampling-only shortcuts proposed for
+    nn.py / sampling.py (same maths, so it validates element by element):
+
+    - the time embedding is one row per step (every sample shares t): t_emb(tau) @ W_t + xc
+      is computed once and used as the head's first-layer bias, instead of a (N, 64) embedding
+      and a (N, 64) @ (64, 256) GEMM per step;
+    - activations in place (h is z: nothing needs the pre-activations without a backward);
+    - rows in chunks of ``chunk`` so each layer's (chunk, 256) activations stay in L2 between
+      the GEMM and the fused bias + activation kernel.
+    """
+    from snpse_np.backends import numba_cpu as ops
+    net = prob.net
+    p = net.views(prob.params)
+    act = net.activation
+    n, d = theta.shape
+    grid = time_grid(prob.sde, noise.shape[0])
+    th_layers = [(p[f"theta.{i}.W"], p[f"theta.{i}.b"]) for i in range(len(net.theta_sizes) - 1)]
+    hd_layers = [(p[f"head.{i}.W"], p[f"head.{i}.b"]) for i in range(1, len(net.head_sizes))]
+    c = min(chunk, n)
+    bufs = {w: np.empty((c, w), np.float32) for w in set(net.theta_sizes[1:] + net.head_sizes)}
+    bufs2 = {w: np.empty((c, w), np.float32) for w in set(net.head_sizes)}
+    x_in = np.empty((c, d), np.float32)
+    temb = np.empty((1, net.t_embed_dim), np.float32)
+    for i in range(len(grid) - 1):
+        t, h = grid[i], grid[i] - grid[i + 1]
+        alpha, sigma, c_in, c_out, tau = (float(np.ravel(v)[0]) for v in prob.model.coefficients(np.array([t])))
+        f, g = float(prob.sde.drift_coef(t)), float(prob.sde.diffusion(t))
+        ops.sinusoidal_embedding(temb, np.array([tau], np.float32))
+        hb = (temb @ p["head.0.Wt"] + prob.xc.reshape(1, -1)).astype(np.float32).ravel()
+        a, b, cc = (np.float32(v) for v in (1.0 - f * h, g * g * h / c_out, g * np.sqrt(h)))
+        for s0 in range(0, n, c):
+            rows = slice(s0, min(s0 + c, n))
+            m = rows.stop - rows.start
+            np.multiply(theta[rows], np.float32(c_in), out=x_in[:m])
+            hcur = x_in[:m]
+            for j, (W, bias) in enumerate(th_layers):
+                z = bufs[W.shape[1]][:m]
+                np.matmul(hcur, W, out=z)
+                ops.bias_act_forward(z, z, bias, act if j < len(th_layers) - 1 else "identity")
+                hcur = z
+            z = bufs2[net.head_sizes[0]][:m]
+            np.matmul(hcur, p["head.0.Wtheta"], out=z)
+            ops.bias_act_forward(z, z, hb, act)
+            hcur = z
+            for j, (W, bias) in enumerate(hd_layers):
+                z = (bufs if j % 2 == 0 else bufs2)[W.shape[1]][:m]
+                np.matmul(hcur, W, out=z)
+                ops.bias_act_forward(z, z, bias, act if j < len(hd_layers) - 1 else "identity")
+                hcur = z
+            th = theta[rows]
+            ops.affine_step(th, np.full(m, a), hcur, np.full(m, b), noise[i, rows], np.full(m, cc))
 
 
 # ----------------------------------------------------------------------------- host tables
@@ -383,7 +441,9 @@ def _cuda_variants():
 def _variants():
     out = {"numpy": Variant(REFERENCE, note="package loop, numpy backend"),
            "prod": Variant(SimpleNamespace(em_trajectory=lambda th, nz, p: _em_loop("numba", th, nz, p)),
-                           note="package loop, numba backend")}
+                           note="package loop, numba backend"),
+           "numba_v3_fused": Variant(SimpleNamespace(em_trajectory=_em_fused),
+                                     note="proposed sampling path: shared time row, in place, chunked")}
     if gpu_available():
         out["prod_cuda"] = Variant(SimpleNamespace(em_trajectory=lambda th, nz, p: _em_loop("cuda", th, nz, p)),
                                    note="package loop, cuda backend")
@@ -397,41 +457,57 @@ VARIANTS = _variants()
 
 # ----------------------------------------------------------------------------- timing
 
-def time_trajectories(sizes=None, variants=None, repeats=3):
-    """Seconds per whole run (and per 1,000 steps) for each variant and size. GPU kernels are
-    timed with in-kernel RNG (their production mode); the loops with array noise."""
+def time_trajectories(sizes=None, variants=None, repeats=3, cpu_sizes=None):
+    """Seconds per whole run (and per 1,000 steps) for each variant and size.
+
+    GPU variants (prod_cuda, cuda_*) run ``sizes`` (default: 10,000 samples x 1,000 steps);
+    the CPU loops (numpy, prod) run ``cpu_sizes`` (default: a few steps, extrapolated per
+    1,000). The trajectory kernels are timed with in-kernel RNG (their production mode), the
+    loops with the noise given as an array.
+    """
     from kernels.common import benchmark
     rows = []
-    gpu = gpu_available()
-    for n, steps, kind in sizes or (TIMING_SIZES if gpu else CPU_TIMING_SIZES):
-        prob = make_problem(kind)
-        d = prob.net.dim_theta
-        rng = np.random.default_rng(0)
-        theta0 = (prob.sde.prior_std * rng.standard_normal((n, d))).astype(np.float32)
-        for vname in variants or VARIANTS:
-            var = VARIANTS[vname]
+    for vname in variants or VARIANTS:
+        var = VARIANTS[vname]
+        on_gpu = vname.startswith("cuda_") or vname == "prod_cuda"
+        if gpu_available() and not on_gpu and vname != "prod":
+            continue  # on the GPU machine: the CPU baseline (prod) only
+        if vname.startswith("cuda_") and not gpu_available():
+            continue  # the simulator: validation only, never timing
+        for n, steps, kind in (sizes or TIMING_SIZES) if on_gpu else (cpu_sizes or CPU_TIMING_SIZES):
+            prob = make_problem(kind)
+            d = prob.net.dim_theta
+            rng = np.random.default_rng(0)
+            theta0 = (prob.sde.prior_std * rng.standard_normal((n, d))).astype(np.float32)
             if vname.startswith("cuda_"):
-                if vname == "cuda_v1_shared" and build_tables(prob, steps)[0].size > SMEM:
+                shared = vname == "cuda_v1_shared"
+                if shared and build_tables(prob, steps)[0].size > SMEM:
                     continue
                 prob.steps = steps
                 th_d = cuda.to_device(theta0)
-                states = run_trajectory(th_d, None, prob, shared=vname == "cuda_v1_shared")
-                r = benchmark(lambda: run_trajectory(th_d, None, prob, shared=vname == "cuda_v1_shared",
-                                                     states=states),
+                states = make_states(n, 0)
+                r = benchmark(lambda: run_trajectory(th_d, None, prob, shared=shared, states=states),
                               cuda.synchronize, warmup=1, repeats=repeats)
             else:
                 noise = rng.standard_normal((steps, n, d)).astype(np.float32)
                 th = theta0.copy()
                 r = benchmark(lambda: var.impl.em_trajectory(th, noise, prob), None, warmup=1, repeats=repeats)
             rows.append(dict(variant=vname, N=n, steps=steps, net=kind, s=f"{r['median']:.4f}",
-                             s_per_1000_steps=f"{r['median'] * 1000 / steps:.3f}", first_call_s=f"{r['first']:.2f}"))
+                             s_per_1000_steps=f"{r['median'] * 1000 / steps:.3f}", first_call_s=f"{r['first']:.2f}",
+                             rate=f"{2 * n * steps * _macs(prob) / r['median'] / 1e9:.1f} GFLOP/s"))
     return rows
+
+
+def _macs(prob):
+    """Multiply-adds per sample per step in the trajectory kernel's layers."""
+    return sum(fi * fo for _, (fi, fo), _ in _dense_layers(prob))
 
 
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description="whole-trajectory Euler-Maruyama lab")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     from kernels.common import device_name
     n = validate_module(sys.modules[__name__], dtypes=DTYPES)
@@ -442,7 +518,7 @@ def main(argv=None):
               f"{np.round(st['bounds'], 3)}")
     if not args.no_timing:
         t0 = time.perf_counter()
-        print_table(time_trajectories(), f"device: {device_name()}")
+        print_table(time_trajectories(repeats=args.repeats), f"device: {device_name()}")
         print(f"(timing took {time.perf_counter() - t0:.1f}s)")
 
 

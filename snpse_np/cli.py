@@ -30,13 +30,11 @@ def _run(args):
                         show_progress=not args.quiet, **sde_kwargs)
     posterior = inference.append_simulations(theta, x).train(max_epochs=args.max_epochs,
                                                              max_seconds=args.max_seconds)
-    s = inference.summary
     t0 = time.perf_counter()
     samples = posterior.sample(args.num_samples, x=x_o, sampler=args.sampler, seed=args.seed + 2,
                                reject_outside_prior=True)
     t_sample = time.perf_counter() - t0
-    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.1f}s "
-          f"(best validation loss {s['best_val_loss']:.4f}); sampled {args.num_samples} in {t_sample:.1f}s")
+    print(f"sampled {args.num_samples} in {t_sample:.1f}s ({args.sampler} sampler)")
     ref = None
     try:
         ref = task.reference_samples(args.obs)

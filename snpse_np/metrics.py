@@ -12,16 +12,20 @@ max_iter=10000, solver="adam")``, 5-fold shuffled ``KFold``, seed 1.
 Two classifiers implement it (``c2st(..., classifier=...)``):
 
 * ``"sklearn"`` -- sbibm's exact recipe with scikit-learn (an optional dependency, imported only
-  inside the call). Slow: about 4-15 s in 2-D, a minute in 5-D and 20 minutes in 10-D for
-  10k vs 10k on a 2-core machine. Use it for spot checks and for the record.
+  inside the call), run with BLAS limited to one thread (bit-identical results; OpenBLAS's
+  default threading on a busy 2-core machine made 10-D runs ~7x slower). 10k vs 10k on 2 cores:
+  ~5 s in 2-D, ~1.5 min in 5-D, ~3 min in 10-D (~20 min in 10-D with the default threads).
+  Use it for spot checks and for the record.
 * ``"fast"`` -- the project's own: the same network, loss, L2 penalty, initialisation scheme,
   Adam settings, minibatches, stopping rule (training loss not improved by 1e-4 for more than
   10 epochs) and the same KFold test folds, compiled with Numba (``_c2st_numba``) in float32
-  (sbibm's inputs are float32 tensors, so scikit-learn trains in float32 there too). Its random
-  stream (initialisation, epoch shuffles) is numpy's ``Generator`` seeded from ``seed``, not
-  scikit-learn's, so its numbers are **not identical** to sbibm's: they agree within about 0.01
-  (see ``benchmarks/bench_c2st.py``), at 5-10x the speed. It needs neither scikit-learn nor
-  (for its slower loop variant) scipy.
+  (sbibm's inputs are float32 tensors, so scikit-learn trains in float32 there too; float64
+  gives the same numbers within noise at 1.1-1.7x the time). Its random stream
+  (initialisation, epoch shuffles) is numpy's ``Generator`` seeded from ``seed``, not
+  scikit-learn's, so its numbers are **not identical** to sbibm's: on Gaussian pairs at 10k vs
+  10k they agreed within 0.007 (2-D, 5-D, 10-D; see ``benchmarks/bench_c2st.py``), at 8-9x the
+  speed in 2-D, ~6x in 5-D and 3-7x in 10-D (the BLAS products dominate there). It needs
+  neither scikit-learn nor (for its slower loop variant) scipy.
 * ``"auto"`` (default) -- ``"fast"``. The benchmark grid uses it; it is also what runs where
   scikit-learn is missing.
 
@@ -172,7 +176,10 @@ def _c2st_sklearn(Z, labels, seed, n_folds):
     clf = MLPClassifier(activation="relu", hidden_layer_sizes=(10 * d, 10 * d), max_iter=10000,
                         solver="adam", random_state=seed)
     cv = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return cross_val_score(clf, Z, labels, cv=cv, scoring="accuracy")
+    # one BLAS thread gives bit-identical weights (OpenBLAS splits the output, not the sums)
+    # and avoids the oversubscription that makes 10-D runs take ~20 min on a shared machine
+    with _single_threaded_blas():
+        return cross_val_score(clf, Z, labels, cv=cv, scoring="accuracy")
 
 
 def _scipy_blas_available():
@@ -186,10 +193,12 @@ def _scipy_blas_available():
 
 @contextlib.contextmanager
 def _single_threaded_blas():
-    """Limit BLAS to one thread while the fast classifier trains (if threadpoolctl is installed).
+    """Limit BLAS to one thread while a C2ST classifier trains (if threadpoolctl is installed).
 
-    Its matrices are small (200 x 10 d); OpenBLAS still splits them over threads, which on a
-    shared machine costs far more than it gains (measured: 10x slower epochs under load).
+    The products are small (200 x 10 d x 10 d); OpenBLAS still splits them over threads, which on
+    a busy 2-core machine costs far more than it gains: scikit-learn's 10-D epochs measured
+    ~1.2 s with the default threads vs ~0.1 s with one, with identical results. The limit is
+    process-wide while it lasts (threadpoolctl restores the previous setting on exit).
     """
     try:
         from threadpoolctl import threadpool_limits

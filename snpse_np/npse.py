@@ -30,9 +30,11 @@ from .rng import as_generator
 from .score import ScoreModel
 from .sde import VESDE, make_sde, max_pairwise_distance
 from .standardize import Standardizer
+from .time_sampling import TimeSampler
 
-TRAIN_DEFAULTS = dict(max_epochs=2000, batch_size=256, learning_rate=5e-4, validation_fraction=0.15,
-                      patience=50, ema_decay=None, max_seconds=None)
+TRAIN_DEFAULTS = dict(max_epochs=2000, batch_size=128, learning_rate=5e-4, validation_fraction=0.15,
+                      patience=50, ema_decay=0.999, max_seconds=None, time_sampling="uniform",
+                      min_steps_per_epoch=100)
 
 
 def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True):
@@ -80,11 +82,12 @@ class NPSE:
     its constructor (VE: sigma_min, sigma_max; VP: beta_min, beta_max). The VE sigma_max defaults
     to the largest pairwise distance of the standardised training theta (Song & Ermon 2020).
     backend: None (best available), "numpy", "numba" or "cuda". precondition: "noise"
-    (default) or "none" (the paper); time_input: "sigma" (the authors' code) or "t".
+    (default; ``floor`` is its small-noise output scale, see ``score``) or "none" (the paper);
+    time_input: "sigma" (the authors' code), "t" or "log_sigma".
     """
 
     def __init__(self, prior, sde="ve", backend=None, seed=0, hidden=256, activation="silu",
-                 precondition="noise", time_input="sigma", dtype=np.float32, show_progress=True,
+                 precondition="noise", time_input="sigma", floor=0.1, dtype=np.float32, show_progress=True,
                  **sde_kwargs):
         if not hasattr(prior, "dim") or not hasattr(prior, "log_prob"):
             raise ValueError("prior must be a snpse_np prior (with dim, sample, log_prob)")
@@ -96,6 +99,7 @@ class NPSE:
         self.activation = activation
         self.precondition = precondition
         self.time_input = time_input
+        self.floor = floor
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError("dtype must be float32 or float64")
@@ -130,19 +134,25 @@ class NPSE:
     # ------------------------------------------------------------------ training
 
     def train(self, max_epochs=None, batch_size=None, learning_rate=None, validation_fraction=None,
-              patience=None, ema_decay=None, max_seconds=None, show_progress=None, init_params=None):
+              patience=None, ema_decay=None, max_seconds=None, time_sampling=None, min_steps_per_epoch=None,
+              show_progress=None, init_params=None):
         """Train a fresh score network on all simulations; return the ``ScorePosterior``.
 
-        Arguments left None take ``TRAIN_DEFAULTS``. An epoch is one reshuffled pass over the
-        training split; ``patience`` counts epochs without a new best validation loss. The
+        Arguments left None take ``TRAIN_DEFAULTS``. An epoch is as many reshuffled passes over the
+        training split (each with fresh t and z) as make at least ``min_steps_per_epoch`` Adam
+        steps: with few simulations one pass is a handful of steps, and an epoch-based budget
+        would starve the optimiser (the authors' code makes the same point with its repeated
+        "t_sample_size" passes). ``patience`` counts epochs without a new best validation loss. The
         validation loss uses noise and times drawn once, so it is comparable between epochs.
         ``max_seconds`` caps the wall time. A NaN/inf loss stops with a FloatingPointError.
+        ``time_sampling``: "uniform" t or "lognormal" sigma (see ``time_sampling``).
         ``init_params`` starts from given weights (a warm start) instead of a fresh initialisation.
         """
         opts = dict(TRAIN_DEFAULTS)
         for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          validation_fraction=validation_fraction, patience=patience,
-                         ema_decay=ema_decay, max_seconds=max_seconds).items():
+                         ema_decay=ema_decay, max_seconds=max_seconds, time_sampling=time_sampling,
+                         min_steps_per_epoch=min_steps_per_epoch).items():
             if v is not None:
                 opts[k] = v
         if not 0.0 < opts["validation_fraction"] < 1.0:
@@ -168,7 +178,7 @@ class NPSE:
         B = int(min(opts["batch_size"], n_tr))
 
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
-        model = ScoreModel(net, self.sde, self.precondition, self.time_input)
+        model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor)
         if init_params is None:
             params = be.to_device(net.init(self.rng, dt))
         else:
@@ -183,21 +193,23 @@ class NPSE:
         th0, xb = xp.empty((B, net.dim_theta), dt), xp.empty((B, net.dim_x), dt)
         theta_in, z, dout = xp.empty_like(th0), xp.empty_like(th0), xp.empty_like(th0)
 
-        val = self._validation_set(model, th[val_idx], xs[val_idx], B)
+        times = TimeSampler(self.sde, opts["time_sampling"])
+        val = self._validation_set(model, th[val_idx], xs[val_idx], B, times)
         best, best_epoch, best_params = math.inf, 0, opt.eval_params.copy()
         progress = Progress(show)
         history = []
-        t_lo = self.sde.t_min
         stop_reason = "max_epochs"
         epoch = 0
+        steps_per_pass = n_tr // B  # the ragged last batch is dropped: fixed shapes, no reallocation
+        passes = max(1, -(-int(opts["min_steps_per_epoch"]) // steps_per_pass))
         for epoch in range(1, int(opts["max_epochs"]) + 1):
-            order = self.rng.permutation(n_tr)
+            order = np.concatenate([self.rng.permutation(n_tr)[:steps_per_pass * B] for _ in range(passes)])
             total, count = 0.0, 0
-            for start in range(0, n_tr - B + 1, B):  # drop the ragged last batch: fixed shapes
+            for start in range(0, order.size, B):
                 idx = be.to_device(order[start:start + B])
                 xp.take(th_tr, idx, axis=0, out=th0)
                 xp.take(x_tr, idx, axis=0, out=xb)
-                t = self.rng.uniform(t_lo, 1.0, B)
+                t = times.sample(B, self.rng)
                 z[...] = be.to_device(self.rng.standard_normal((B, net.dim_theta)).astype(dt))
                 alpha, sigma, c_in, c_out, tau = model.coefficients(t)
                 be.ops.dsm_perturb(theta_in, th0, z, _dev(be, alpha, dt), _dev(be, sigma, dt), _dev(be, c_in, dt))
@@ -214,7 +226,9 @@ class NPSE:
             train_loss = total / max(count, 1)
             val_loss = self._validation_loss(model, opt.eval_params, val)
             if not math.isfinite(val_loss):
-                raise FloatingPointError(f"validation loss became {val_loss} at epoch {epoch}")
+                raise FloatingPointError(
+                    f"validation loss became {val_loss} at epoch {epoch}; lower the learning rate "
+                    f"(now {opts['learning_rate']}) or check the data for extreme values")
             history.append((train_loss, val_loss))
             if val_loss < best:
                 best, best_epoch = val_loss, epoch
@@ -243,13 +257,13 @@ class NPSE:
 
     # ------------------------------------------------------------------ validation
 
-    def _validation_set(self, model, th, xs, batch):
+    def _validation_set(self, model, th, xs, batch, times):
         """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~1,000 rows are scored."""
         be, dt = self.backend, self.dtype
         reps = max(1, int(math.ceil(1000 / th.shape[0])))
         th, xs = np.tile(th, (reps, 1)), np.tile(xs, (reps, 1))
         rng = np.random.default_rng(self.rng.integers(2 ** 63))
-        t = rng.uniform(self.sde.t_min, 1.0, th.shape[0])
+        t = times.sample(th.shape[0], rng)
         z = rng.standard_normal(th.shape)
         alpha, sigma, c_in, c_out, tau = model.coefficients(t)
         theta_in = c_in[:, None] * (alpha[:, None] * th + sigma[:, None] * z)

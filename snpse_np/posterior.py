@@ -190,7 +190,7 @@ class ScorePosterior:
     def save(self, path):
         """Write the posterior to one ``.npz`` file (numpy alone reads it back with ``load``)."""
         meta = dict(version=__version__, net=self.model.net.config(), sde=self.sde.config(),
-                    precondition=self.model.precondition, time_input=self.model.time_input,
+                    precondition=self.model.precondition, time_input=self.model.time_input, floor=self.model.floor,
                     dtype=self.dtype.name, prior=_prior_state(self.prior)[0])
         arrays = dict(params=self.backend.to_host(self.params), theta_mean=self.theta_std.mean,
                       theta_std=self.theta_std.std, x_mean=self.x_std.mean, x_std=self.x_std.std,
@@ -228,7 +228,7 @@ def load(path, backend=None):
         arrays = {k: f[k] for k in f.files}
     be = get_backend(backend)
     net = ScoreNetwork(**meta["net"])
-    model = ScoreModel(net, sde_from_config(meta["sde"]), meta["precondition"], meta["time_input"])
+    model = ScoreModel(net, sde_from_config(meta["sde"]), meta["precondition"], meta["time_input"], meta["floor"])
     dtype = np.dtype(meta["dtype"])
     prior = None
     if meta["prior"] is not None:

@@ -83,7 +83,11 @@ class TruncatedPrior:
                     f"truncated prior: only {have} of {n} samples after {drawn} prior draws "
                     f"(acceptance rate {rate:.2e}); the HPR is too small to sample by rejection. "
                     f"Raise epsilon (now {self.epsilon}) or max_candidates (now {self.max_candidates}).")
-            m = min(self.batch_size, self.max_candidates - drawn)
+            # size the batch by the acceptance seen so far, so a wide region does not push
+            # batch_size candidates through the (costly) log-density for a few samples
+            rate = have / drawn if drawn else None
+            want = (n - have) * 1.2 / max(rate, 1e-4) if rate else 2 * (n - have)
+            m = int(min(self.batch_size, self.max_candidates - drawn, max(want, 256)))
             cand = self.prior.sample(m, seed=rng)
             drawn += m
             ok = self.region_contains(cand)
