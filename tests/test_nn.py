@@ -113,3 +113,19 @@ def test_paper_sizes_and_pytorch_init():
     fan = 30 + 32 + 64
     assert np.abs(p["head.0.Wx"]).max() <= 1 / np.sqrt(fan)
     assert np.abs(p["theta.1.W"]).max() <= 1 / 16 and np.abs(p["theta.1.W"]).max() > 0.9 / 16
+
+
+def test_shared_time_fold_and_in_place_workspace_match_the_training_path():
+    """Sampling folds one x row and one time row into the head bias, and runs activations in
+    place; both must give the training path's output."""
+    rng = np.random.default_rng(4)
+    net = small_net()
+    p = net.init(rng, F64)
+    theta = rng.normal(size=(7, 3))
+    tau = np.full(7, 0.37)
+    x1 = rng.normal(size=(1, 4))
+    out_train, _ = run(net, p, theta, np.repeat(x1, 7, 0), tau)
+    ws = net.workspace(BE, 7, F64)  # inference workspace: in place
+    assert ws.th_h[0] is ws.th_z[0]
+    out_fold = net.forward(BE, p, theta, tau, ws, xc=net.condition(BE, p, x1))
+    assert np.allclose(out_train, out_fold, rtol=1e-12, atol=1e-12)
