@@ -79,7 +79,7 @@ def main(argv=None):
     run.add_argument("--num-samples", type=int, default=10_000)
     run.add_argument("--backend", default=None, choices=[None, "numpy", "numba", "cuda"])
     run.add_argument("--max-epochs", type=int, default=None)
-    run.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
+    run.add_argument("--max-seconds", type=float, default=600.0, help="cap on training wall time (s)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest")
     run.add_argument("--no-c2st", action="store_true")
