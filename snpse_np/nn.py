@@ -124,7 +124,7 @@ class ScoreNetwork:
 
     def condition(self, backend, p, x):
         """xc = x_emb(x) @ W_x + b1: the x part of the head's first layer. x: (n, p) -> (n, h0)."""
-        xp, ops, act = backend.xp, backend.ops, self.activation
+        ops, act = backend.ops, self.activation
         p = self.views(p)
         h = x
         layers = self._mlp(p, "x", self.x_sizes)

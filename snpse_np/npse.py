@@ -16,13 +16,12 @@ Usage (sbi-style):
     samples = posterior.sample(10_000, x=x_o)
 """
 import math
-import time
 import warnings
 
 import numpy as np
 
 from .backend import get_backend
-from .nn import ScoreNetwork, default_sizes
+from .nn import ScoreNetwork
 from .optim import Adam
 from .posterior import ScorePosterior
 from .progress import Progress
@@ -116,8 +115,6 @@ class NPSE:
         """Add simulations; rows whose x has NaN/inf are dropped and counted (``n_invalid``)."""
         dim_x = self._x[0].shape[1] if self._x else None
         theta, x, n_bad = check_data(theta, x, self.prior.dim, dim_x, exclude_invalid_x)
-        if theta.shape[1] != self.prior.dim:
-            raise ValueError(f"theta has {theta.shape[1]} columns but the prior has dim {self.prior.dim}")
         if n_bad:
             warnings.warn(f"dropped {n_bad} simulations whose x contains NaN or inf "
                           f"({theta.shape[0]} kept)", stacklevel=2)

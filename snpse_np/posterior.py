@@ -9,7 +9,6 @@ log p(theta | x) = log p~(theta~ | x) - sum_j log s_j, and are -inf outside the 
 version, prior); ``snpse_np.load(path)`` restores it with numpy alone.
 """
 import json
-import math
 
 import numpy as np
 
@@ -167,7 +166,7 @@ class ScorePosterior:
             raise ValueError(f"unknown ODE method {method!r}; choose from {ODE_METHODS}")
         x = self._check_x(x)
         rng = as_generator(seed)
-        be, d = self.backend, self.dim_theta
+        be = self.backend
         out = np.full(theta.shape[0], -np.inf)
         inside = self.prior.support_contains(theta) & np.all(np.isfinite(theta), axis=1)
         idx = np.flatnonzero(inside)

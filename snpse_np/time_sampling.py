@@ -7,6 +7,8 @@
   where the DSM target is almost pure noise. Any positive density over t keeps the minimiser
   of the loss at the true score; only the weighting of the errors changes.
 """
+from math import erf, pi, sqrt
+
 import numpy as np
 
 TIME_SAMPLINGS = ("uniform", "lognormal")
@@ -28,7 +30,6 @@ class TimeSampler:
             return rng.uniform(self.sde.t_min, 1.0, n)
         lo, hi = self._log_sigma[0], self._log_sigma[-1]
         # truncated normal by inverse CDF on the allowed interval (never loops, never clips mass to the ends)
-        from math import erf, sqrt
         cdf = lambda v: 0.5 * (1.0 + erf((v - self.mean) / (self.std * sqrt(2.0))))  # noqa: E731
         u = rng.uniform(cdf(lo), cdf(hi), n)
         log_sigma = self.mean + self.std * np.sqrt(2.0) * _erfinv(2.0 * u - 1.0)
@@ -40,10 +41,9 @@ def _erfinv(y):
     y = np.clip(np.asarray(y, dtype=np.float64), -1 + 1e-15, 1 - 1e-15)
     w = -np.log((1.0 - y) * (1.0 + y))
     x = np.where(w < 5.0, _giles_small(w), _giles_large(w)) * y
-    from math import pi, sqrt
-    erf = np.vectorize(__import__("math").erf)
+    erf_v = np.vectorize(erf)
     for _ in range(2):
-        x = x - (erf(x) - y) / (2.0 / sqrt(pi) * np.exp(-x * x))
+        x = x - (erf_v(x) - y) / (2.0 / sqrt(pi) * np.exp(-x * x))
     return x
 
 
