@@ -69,31 +69,34 @@ def package_train_step(backend, batch, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     params = be.to_device(net.init(rng, dtype))
     grads = xp.empty_like(params)
+    pv, gv = net.views(params), net.views(grads)  # once: views cost more than small layers on a GPU
     opt = Adam(be, params, 5e-4)
     th, xs = _data(seed)
     th_tr, x_tr = be.to_device(th.astype(dtype)), be.to_device(xs.astype(dtype))
     ws = net.workspace(be, batch, dtype, train=True)
-    th0, xb = xp.empty((batch, DIM_THETA), dtype), xp.empty((batch, DIM_X), dtype)
-    theta_in, z, dout = xp.empty_like(th0), xp.empty_like(th0), xp.empty_like(th0)
-    state = {"order": rng.permutation(N_TRAIN), "pos": 0}
-
-    def dev(a):
-        return be.to_device(np.ascontiguousarray(a, dtype=dtype))
+    theta_in, dout = xp.empty((batch, DIM_THETA), dtype), xp.empty((batch, DIM_THETA), dtype)
+    host = np.empty((5 + DIM_THETA) * batch, dtype)  # alpha, sigma, c_in, tau, c, z: one transfer
+    state = {"pos": N_TRAIN}
 
     def step():
-        if state["pos"] + batch > N_TRAIN:
-            state["order"], state["pos"] = rng.permutation(N_TRAIN), 0
-        idx = be.to_device(state["order"][state["pos"]:state["pos"] + batch])
+        if state["pos"] + batch > N_TRAIN:  # a new epoch: shuffle on the device, then slice
+            order = be.to_device(rng.permutation(N_TRAIN))
+            state["th"], state["x"], state["pos"] = xp.take(th_tr, order, axis=0), xp.take(x_tr, order, axis=0), 0
+        sl = slice(state["pos"], state["pos"] + batch)
         state["pos"] += batch
-        xp.take(th_tr, idx, axis=0, out=th0)
-        xp.take(x_tr, idx, axis=0, out=xb)
+        th0, xb = state["th"][sl], state["x"][sl]
         t = rng.uniform(model.sde.t_min, 1.0, batch)
-        z[...] = be.to_device(rng.standard_normal((batch, DIM_THETA)).astype(dtype))
         alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-        be.ops.dsm_perturb(theta_in, th0, z, dev(alpha), dev(sigma), dev(c_in))
-        out = net.forward(be, params, theta_in, dev(tau), ws, x=xb)
-        loss = be.ops.dsm_loss(dout, out, z, dev(sigma / c_out))
-        net.backward(be, params, dout, ws, grads)
+        for k, a in enumerate((alpha, sigma, c_in, tau, sigma / c_out)):
+            host[k * batch:(k + 1) * batch] = a
+        host[5 * batch:] = rng.standard_normal(batch * DIM_THETA)
+        dev = be.to_device(host)
+        a_d, s_d, ci_d, tau_d, c_d = (dev[k * batch:(k + 1) * batch] for k in range(5))
+        z = dev[5 * batch:].reshape(batch, DIM_THETA)
+        be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, ci_d)
+        out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
+        loss = be.ops.dsm_loss(dout, out, z, c_d)
+        net.backward(be, pv, dout, ws, gv)
         opt.step(grads)
         return loss
 
@@ -307,10 +310,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="BLAS / torch / numba threads (default 1)")
     ap.add_argument("--backends", nargs="+", default=None)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--tf32", action="store_true",
+                    help="GPU matmuls in TF32 on both sides (CUPY_TF32=1, torch allow_tf32); default float32")
     args = ap.parse_args(argv)
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read when CuPy loads (imported lazily by the cuda backend)
+        if torch_available():
+            import torch
+            torch.backends.cuda.matmul.allow_tf32 = True
     em_steps = args.em_steps or (5 if args.device == "cpu" else 1000)
     print(f"device: {describe(args.device)}; threads: {args.threads}; torch: "
-          f"{_torch_version() if not args.no_torch else 'off'}")
+          f"{_torch_version() if not args.no_torch else 'off'}; matmuls: {'TF32' if args.tf32 else 'float32'}")
     train, samp = compare(args.device, args.batches, args.samples, em_steps, args.repeats, args.backends,
                           args.threads, not args.no_torch)
     by = {r["impl"]: r["s_per_step"] for r in samp}

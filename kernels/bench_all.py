@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from kernels.common import device_name, gpu_available, print_table, time_module, validate_module  # noqa: E402
 
-OP_FILES = ("bias_act", "time_embedding", "dsm_loss", "adam", "sampler_step")
+OP_FILES = ("matmul", "bias_act", "time_embedding", "dsm_loss", "adam", "sampler_step")
 
 
 def _compare_torch():
@@ -45,7 +45,7 @@ def op_rows(files, quick=False, skip_parallel=False, only=None):
         variants = [v for v in mod.VARIANTS if not (skip_parallel and "parallel" in v) and (not only or v in only)]
         n = validate_module(mod, variants=variants)
         print(f"{name}: {n} validations passed", flush=True)
-        sizes = mod.TIMING_SIZES[-1:] if quick else None
+        sizes = getattr(mod, "QUICK_SIZES", mod.TIMING_SIZES[-1:]) if quick else None
         for r in time_module(mod, sizes=sizes, variants=variants, repeats=5 if quick else 20,
                              min_time=0.02 if quick else 0.05):
             rows.append(dict(section="ops", **r))

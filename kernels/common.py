@@ -59,6 +59,8 @@ TOLERANCES = {
     ("float32", "affine_step"): (1e-6, 1e-6, _F32_ULPS),
     ("float32", "langevin_step"): (1e-5, 1e-6, "float64 batch norms summed in another order, "
                                    "then a float32 update"),
+    ("float32", "matmul"): (1e-5, 1e-5, "float32 sums of k products in another order (blocked GEMM, "
+                             "FMA); the cases scale entries of out to ~1"),
     ("float32", "trace_rows"): (1e-5, 1e-5, _F32_SUM + " (K d terms per row)"),
     ("float32", "em_trajectory"): (2e-3, 2e-3, "float32 MLP over many steps: rounding differences "
                                    "grow along the trajectory (affine map with |a| ~ 1)"),
@@ -147,6 +149,41 @@ def prod_variants():
     return out
 
 
+def numba_cuda_variants():
+    """{"numba_cuda": the numba.cuda kernels of snpse_np.backends._cuda_kernels launched on CuPy
+    arrays}, with a GPU only: the loss and sampler ops (what backends.cuda shipped before its
+    CuPy kernels; its launches cost 300-500 us from Python on an H100)."""
+    if not gpu_available():
+        return {}
+    import cupy
+    from snpse_np.backends import _cuda_kernels as nk
+    from numba import cuda
+
+    def args(*arrays):  # numba views of the CuPy arrays, no per-array stream synchronisation
+        return [cuda.as_cuda_array(a, sync=False) for a in arrays]
+
+    def stream():
+        ptr = cupy.cuda.get_current_stream().ptr
+        return 0 if ptr == 0 else cuda.external_stream(ptr)
+
+    def dsm_loss(dout, out, z, c):
+        acc = cupy.zeros(1, dtype=cupy.float64)
+        nk.launch_dsm_loss(*args(dout, out, z, c, acc), stream=stream())
+        return float(acc.get()[0]) / out.size
+
+    def langevin_step(theta, score, noise, snr, alpha):
+        acc = cupy.zeros(2, dtype=cupy.float64)
+        nk.launch_langevin_step(*args(theta, score, noise), float(snr), float(alpha), *args(acc), stream=stream())
+
+    ops = namespace(
+        dsm_perturb=lambda *a: nk.launch_dsm_perturb(*args(*a), stream=stream()),
+        dsm_loss=dsm_loss,
+        affine_step=lambda *a: nk.launch_affine_step(*args(*a), stream=stream()),
+        langevin_step=langevin_step,
+        trace_rows=lambda *a: nk.launch_trace_rows(*args(*a), stream=stream()))
+    return {"numba_cuda": Variant(ops, xp="cupy", note="snpse_np.backends._cuda_kernels (numba.cuda)")}
+
+
 def _xp(name):
     if name == "cupy":
         import cupy
@@ -184,7 +221,8 @@ class Case:
 
     def copy_to(self, xp_name):
         xp = _xp(xp_name)
-        return [xp.asarray(a).copy() if isinstance(a, np.ndarray) else a for a in self.args]
+        # order="K": a transposed (F-contiguous) input stays transposed on every backend
+        return [xp.array(a, copy=True, order="K") if isinstance(a, np.ndarray) else a for a in self.args]
 
 
 def nbytes(*arrays):

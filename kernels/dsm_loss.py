@@ -7,8 +7,11 @@ Variants:
   0. ``numpy``              numpy_ref: temporaries for r, c[:, None] * r, r.astype(float64)**2.
   1. ``prod``               snpse_np.backends.numba_cpu: one pass, float64 accumulator.
   2. ``numba_v1_parallel``  prange over rows with a reduction variable.
-  3. ``prod_cuda``          snpse_np.backends.cuda (numba.cuda kernels, block reduction + one
-                            atomic add per block), with a GPU only.
+  3. ``prod_cuda``          snpse_np.backends.cuda (CuPy: an ElementwiseKernel for the perturbation,
+                            a RawModule loss with a block reduction + one atomic add per block),
+                            with a GPU only.
+  4. ``numba_cuda``         the numba.cuda kernels (snpse_np.backends._cuda_kernels), same
+                            scheme as 3, launched on CuPy arrays; with a GPU only.
 
 Run: ``PYTHONPATH=. python kernels/dsm_loss.py``.
 """
@@ -20,7 +23,7 @@ from numba import njit, prange
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels.common import Case, Variant, namespace, nbytes, prod_variants, run_lab  # noqa: E402
+from kernels.common import Case, Variant, namespace, nbytes, numba_cuda_variants, prod_variants, run_lab  # noqa: E402
 from snpse_np.backends import numba_cpu as nb  # noqa: E402
 from snpse_np.backends import numpy_ref  # noqa: E402
 
@@ -72,6 +75,7 @@ def _par_perturb(theta_in, theta0, z, alpha, sigma, c_in):
 VARIANTS = {
     "numpy": Variant(numpy_ref, note="numpy_ref"),
     **prod_variants(),
+    **numba_cuda_variants(),
     "numba_v1_parallel": Variant(namespace(dsm_perturb=_par_perturb,
                                            dsm_loss=lambda dout, out, z, c: float(_par_loss(dout, out, z, c)))),
 }

@@ -24,6 +24,9 @@ Variants:
   3. ``prod_cuda``         the package loop on the cuda backend (CuPy + numba.cuda), GPU only.
   4. ``cuda_v1_shared``    the trajectory kernel, weights in shared memory (<= 48 KB).
   5. ``cuda_v2_global``    the trajectory kernel, weights from global memory (any size).
+  (Tried and dropped: the package loop captured as one CUDA graph. CuPy 14.2 refuses cuBLAS
+  calls during stream capture: "calling cuBLAS API during stream capture is currently
+  unsupported", H100, 2026-11-26.)
   Variants 4 and 5 run under NUMBA_ENABLE_CUDASIM=1 at tiny sizes (validation) or on a GPU.
   With noise=None they draw in-kernel; that path is validated by moments against variant 0
   (``check_moments``), not element by element.
@@ -49,7 +52,7 @@ from snpse_np.backends._cuda_kernels import ensure_row_stack  # noqa: E402  (imp
 from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.backends import numpy_ref  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
-from snpse_np.sampling import ScoreField, time_grid  # noqa: E402
+from snpse_np.sampling import ScoreField, euler_maruyama, time_grid  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
 from snpse_np.sde import make_sde  # noqa: E402
 
@@ -103,25 +106,27 @@ def make_case(op, size, dtype, rng):
 # ----------------------------------------------------------------------------- step loops
 
 def _em_loop(backend, theta, noise, prob):
-    """sampling.euler_maruyama's loop with the draws taken from ``noise`` (steps, N, d)."""
+    """sampling.euler_maruyama (the package's loop) with the draws taken from ``noise`` (steps, N, d).
+
+    theta and noise may be host arrays (copied to the device once) or device arrays (theta
+    updated in place).
+    """
     be = get_backend(backend)
-    xp, ops = be.xp, be.ops
     n, d = theta.shape
     key = ("params", be.name)
     if key not in prob.cache:
         prob.cache[key] = (be.to_device(prob.params), be.to_device(prob.xc))
     params, xc = prob.cache[key]
     field = ScoreField(prob.model, be, params, xc, n, theta.dtype)
-    grid = time_grid(prob.sde, noise.shape[0])
-    th = be.to_device(theta)
-    for i in range(len(grid) - 1):
-        t, h = grid[i], grid[i] - grid[i + 1]
-        tt = np.full(n, t)
-        s = field.score(th, tt)
-        f, g = float(prob.sde.drift_coef(t)), float(prob.sde.diffusion(t))
-        ops.affine_step(th, field._dev(np.full(n, 1.0 - f * h)), s, field._dev(np.full(n, g * g * h)),
-                        be.to_device(noise[i]), field._dev(np.full(n, g * np.sqrt(h))))
-    theta[...] = be.to_host(th)
+    th, nz = be.to_device(theta), be.to_device(noise)
+    draws = iter(range(nz.shape[0]))
+
+    def fill(out):
+        out[...] = nz[next(draws)]
+
+    euler_maruyama(field, th, nz.shape[0], None, normal=fill)
+    if isinstance(theta, np.ndarray):
+        theta[...] = be.to_host(th)
 
 
 REFERENCE = SimpleNamespace(em_trajectory=lambda theta, noise, prob: _em_loop("numpy", theta, noise, prob))
@@ -447,6 +452,7 @@ def _variants():
     if gpu_available():
         out["prod_cuda"] = Variant(SimpleNamespace(em_trajectory=lambda th, nz, p: _em_loop("cuda", th, nz, p)),
                                    note="package loop, cuda backend")
+
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or gpu_available():
         out.update(_cuda_variants())
     return out
@@ -470,6 +476,7 @@ def time_trajectories(sizes=None, variants=None, repeats=3, cpu_sizes=None):
     for vname in variants or VARIANTS:
         var = VARIANTS[vname]
         on_gpu = vname.startswith("cuda_") or vname == "prod_cuda"
+        loop_on_gpu = vname == "prod_cuda"
         if gpu_available() and not on_gpu and vname != "prod":
             continue  # on the GPU machine: the CPU baseline (prod) only
         if vname.startswith("cuda_") and not gpu_available():
@@ -479,7 +486,13 @@ def time_trajectories(sizes=None, variants=None, repeats=3, cpu_sizes=None):
             d = prob.net.dim_theta
             rng = np.random.default_rng(0)
             theta0 = (prob.sde.prior_std * rng.standard_normal((n, d))).astype(np.float32)
-            if vname.startswith("cuda_"):
+            if loop_on_gpu:  # the package loop on device arrays: no transfers in the timing
+                import cupy
+                noise = cupy.asarray(rng.standard_normal((steps, n, d)).astype(np.float32))
+                th = cupy.asarray(theta0)
+                r = benchmark(lambda: var.impl.em_trajectory(th, noise, prob), cupy.cuda.Device().synchronize,
+                              warmup=1, repeats=repeats)
+            elif vname.startswith("cuda_"):
                 shared = vname == "cuda_v1_shared"
                 if shared and build_tables(prob, steps)[0].size > SMEM:
                     continue

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU check in ONE call, well under 5 minutes on one GPU (each step has a time cap;
-# the caps add up to 290 s):
+# the caps add up to 330 s):
 #   1. the environment (GPU, numpy/cupy/numba versions, both "is there a GPU" checks);
 #   2. pytest -m gpu (every op on the cuda backend against numpy_ref; training and sampling
 #      on cuda against numpy);
@@ -8,7 +8,8 @@
 #      measured on the development machines);
 #   4. the whole-trajectory Euler-Maruyama kernels (validation, RNG moments, timing);
 #   5. end to end next to plain PyTorch: training step at batch 256, Euler-Maruyama for
-#      10,000 samples x 1,000 steps.
+#      10,000 samples x 1,000 steps;
+#   6. where a cuda training step and EM step spend their time (kernels/gpu_profile.py).
 # Log: $OUT/gpu_check.log when OUT is set, else ./gpu_check.log. Run from anywhere:
 #   bash kernels/gpu_check.sh
 set -uo pipefail
@@ -50,10 +51,11 @@ try:
 except ImportError:
     print('torch not installed')"
   step "pytest -m gpu" 100 python -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py tests/test_backend_e2e.py
-  step "kernel table" 40 python kernels/bench_all.py --quick --no-e2e --no-trajectory --variants numpy prod_cuda
+  step "kernel table" 40 python kernels/bench_all.py --quick --no-e2e --no-trajectory --variants numpy prod_cuda cuda_v1_cublas numba_cuda
   step "whole-trajectory EM kernels" 70 python kernels/em_trajectory.py --repeats 2
   step "end to end vs PyTorch" 60 python examples/compare_torch.py --device cuda --batches 256 --samples 10000 \
     --em-steps 1000 --repeats 20 --threads 16
+  step "step profile" 40 python kernels/gpu_profile.py --batch 256 --samples 10000
   echo
   echo "gpu_check status $status (0: every step passed)"
   exit $status

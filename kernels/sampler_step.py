@@ -8,7 +8,8 @@ Variants:
   0. ``numpy``              numpy_ref.
   1. ``prod``               snpse_np.backends.numba_cpu: one pass (two for langevin: norms, update).
   2. ``numba_v1_parallel``  prange over rows (2 threads here).
-  3. ``prod_cuda``          snpse_np.backends.cuda (numba.cuda kernels), with a GPU only.
+  3. ``prod_cuda``          snpse_np.backends.cuda (CuPy ElementwiseKernels / RawModule), GPU only.
+  4. ``numba_cuda``         the numba.cuda kernels (snpse_np.backends._cuda_kernels), GPU only.
 
 Run: ``PYTHONPATH=. python kernels/sampler_step.py``.
 """
@@ -21,7 +22,7 @@ from numba import njit, prange
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels.common import Case, Variant, namespace, nbytes, prod_variants, run_lab  # noqa: E402
+from kernels.common import Case, Variant, namespace, nbytes, numba_cuda_variants, prod_variants, run_lab  # noqa: E402
 from snpse_np.backends import numba_cpu as nb  # noqa: E402
 from snpse_np.backends import numpy_ref  # noqa: E402
 
@@ -92,6 +93,7 @@ def _par_trace(out, t_out, t_in):
 VARIANTS = {
     "numpy": Variant(numpy_ref, note="numpy_ref"),
     **prod_variants(),
+    **numba_cuda_variants(),
     "numba_v1_parallel": Variant(namespace(affine_step=_par_affine,
                                            langevin_step=lambda th, s, n, snr, al: _par_langevin(th, s, n, float(snr),
                                                                                                  float(al)),

@@ -5,7 +5,10 @@
 - ``name``: "numpy", "numba" or "cuda";
 - ``xp``: the array module (numpy, or cupy on the GPU);
 - ``ops``: the op module (same names and signatures in every backend, see ``backends.numpy_ref``);
-- ``synchronize()``, ``to_host(a)``, ``to_device(a)``.
+- ``synchronize()``, ``to_host(a)``, ``to_device(a)``;
+- ``normal_source(rng)``: a function ``fill(out)`` writing standard normal draws into the
+  device array ``out``; on the CPU drawn from ``rng`` itself, on the GPU by a device generator
+  seeded from ``rng`` (drawing on the host and copying cost more than a sampler step there).
 
 Choice: an explicit name, else the ``SNPSE_BACKEND`` environment variable, else the best
 available (cuda with a GPU and CuPy, numba when it imports, numpy otherwise). Imports are lazy,
@@ -30,6 +33,7 @@ class Backend:
     synchronize: Callable[[], None]
     to_host: Callable[[Any], np.ndarray]
     to_device: Callable[[Any], Any]
+    normal_source: Callable[[np.random.Generator], Callable[[Any], None]]
 
     def __repr__(self):
         return f"Backend({self.name!r})"
@@ -43,20 +47,35 @@ def _noop():
     return None
 
 
+def _host_normal_source(rng):
+    def fill(out):
+        out[...] = rng.standard_normal(out.shape)
+    return fill
+
+
+def _cuda_normal_source(rng):
+    import cupy as cp
+    device_rng = cp.random.RandomState(int(rng.integers(2 ** 63)))
+
+    def fill(out):
+        out[...] = device_rng.standard_normal(out.shape, dtype=out.dtype)
+    return fill
+
+
 def _numpy_backend():
     from .backends import numpy_ref
-    return Backend("numpy", np, numpy_ref, _noop, np.asarray, np.asarray)
+    return Backend("numpy", np, numpy_ref, _noop, np.asarray, np.asarray, _host_normal_source)
 
 
 def _numba_backend():
     ops = importlib.import_module(".backends.numba_cpu", __package__)
-    return Backend("numba", np, ops, _noop, np.asarray, np.asarray)
+    return Backend("numba", np, ops, _noop, np.asarray, np.asarray, _host_normal_source)
 
 
 def _cuda_backend():
     import cupy as cp
     ops = importlib.import_module(".backends.cuda", __package__)
-    return Backend("cuda", cp, ops, cp.cuda.Device().synchronize, cp.asnumpy, cp.asarray)
+    return Backend("cuda", cp, ops, cp.cuda.Device().synchronize, cp.asnumpy, cp.asarray, _cuda_normal_source)
 
 
 def gpu_available():

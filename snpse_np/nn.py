@@ -138,41 +138,48 @@ class ScoreNetwork:
         return xc
 
     def forward(self, backend, p, theta_in, tau, ws, x=None, xc=None):
-        """out (B, d) for theta_in (B, d), tau (B,) and either x (B, p) or xc (1 or B, h0).
+        """out (B, d) for theta_in (B, d), tau (B,) or one float for every row, and either
+        x (B, p) or xc (1 or B, h0). ``p``: the flat buffer or its ``views`` (pass the views
+        in loops: building ~30 views per call costs more than a small layer on the GPU).
 
         With x, the x-MLP runs and its activations are cached for ``backward`` (training).
         """
-        xp, ops, act = backend.xp, backend.ops, self.activation
+        ops, act = backend.ops, self.activation
         p = self.views(p)
         ws.theta_in, ws.x_in = theta_in, x
         # theta embedding
-        _mlp_forward(xp, ops, self._mlp(p, "theta", self.theta_sizes), theta_in, ws.th_z, ws.th_h, act)
+        _mlp_forward(ops, self._mlp(p, "theta", self.theta_sizes), theta_in, ws.th_z, ws.th_h, act)
         # x embedding (training) or the precomputed conditioning row(s)
         if x is not None:
-            _mlp_forward(xp, ops, self._mlp(p, "x", self.x_sizes), x, ws.x_z, ws.x_h, act)
-            xp.matmul(ws.x_h[-1], p["head.0.Wx"], out=ws.xc)
+            _mlp_forward(ops, self._mlp(p, "x", self.x_sizes), x, ws.x_z, ws.x_h, act)
+            ops.matmul(ws.xc, ws.x_h[-1], p["head.0.Wx"])
             xc = ws.xc
             xc += p["head.0.b"]
         elif xc is None:
             raise ValueError("forward needs x or xc")
         # head layer 0: sum of three linear maps, then the activation
         z0 = ws.hd_z[0]
-        xp.matmul(ws.th_h[-1], p["head.0.Wtheta"], out=z0)
-        if x is None and xc.shape[0] == 1 and bool((tau == tau[0]).all()):
+        ops.matmul(z0, ws.th_h[-1], p["head.0.Wtheta"])
+        shared_time = np.ndim(tau) == 0
+        if shared_time and x is None and xc.shape[0] == 1:
             # one observation and one time for every row (fixed-step samplers): the x and time
             # parts are the same row for the whole batch; fold both into the bias (one 1 x 64 GEMM)
-            ops.sinusoidal_embedding(ws.t_emb[:1], tau[:1])
-            bias = ws.t_emb[:1] @ p["head.0.Wt"]
-            bias += xc
-            ops.bias_act_forward(ws.hd_h[0], z0, bias[0], act)
+            ws.tau[:1].fill(tau)
+            ops.sinusoidal_embedding(ws.t_emb[:1], ws.tau[:1])
+            ops.matmul(ws.tmp[:1], ws.t_emb[:1], p["head.0.Wt"])
+            ws.tmp[:1] += xc
+            ops.bias_act_forward(ws.hd_h[0], z0, ws.tmp[0], act)
         else:
+            if shared_time:
+                ws.tau.fill(tau)
+                tau = ws.tau
             ops.sinusoidal_embedding(ws.t_emb, tau)
-            xp.matmul(ws.t_emb, p["head.0.Wt"], out=ws.tmp)
+            ops.matmul(ws.tmp, ws.t_emb, p["head.0.Wt"])
             z0 += ws.tmp
             ops.bias_act_forward(ws.hd_h[0], z0, xc if xc.shape[0] == z0.shape[0] else xc[0], act)
         # remaining head layers
         layers = [(p[f"head.{i}.W"], p[f"head.{i}.b"]) for i in range(1, len(self.head_sizes))]
-        _mlp_forward(xp, ops, layers, ws.hd_h[0], ws.hd_z[1:], ws.hd_h[1:], act)
+        _mlp_forward(ops, layers, ws.hd_h[0], ws.hd_z[1:], ws.hd_h[1:], act)
         return ws.hd_h[-1]
 
     def backward(self, backend, p, dout, ws, grads):
@@ -180,7 +187,7 @@ class ScoreNetwork:
 
         Needs the caches of a ``forward`` with x (training mode workspace).
         """
-        xp, ops, act = backend.xp, backend.ops, self.activation
+        ops, act = backend.ops, self.activation
         p = self.views(p)
         g = self.views(grads)
         n_head = len(self.head_sizes)
@@ -188,30 +195,30 @@ class ScoreNetwork:
         dz = dout
         for i in range(n_head - 1, 0, -1):
             h_prev = ws.hd_h[i - 1]
-            xp.matmul(h_prev.T, dz, out=g[f"head.{i}.W"])
+            ops.matmul(g[f"head.{i}.W"], h_prev.T, dz)
             ops.bias_grad(g[f"head.{i}.b"], dz)
             dh = ws.hd_dh[i - 1]
-            xp.matmul(dz, p[f"head.{i}.W"].T, out=dh)
+            ops.matmul(dh, dz, p[f"head.{i}.W"].T)
             ops.act_backward(dh, dh, ws.hd_z[i - 1], act)
             dz = dh
         # head layer 0: three weight blocks and the bias
-        xp.matmul(ws.th_h[-1].T, dz, out=g["head.0.Wtheta"])
-        xp.matmul(ws.x_h[-1].T, dz, out=g["head.0.Wx"])
-        xp.matmul(ws.t_emb.T, dz, out=g["head.0.Wt"])
+        ops.matmul(g["head.0.Wtheta"], ws.th_h[-1].T, dz)
+        ops.matmul(g["head.0.Wx"], ws.x_h[-1].T, dz)
+        ops.matmul(g["head.0.Wt"], ws.t_emb.T, dz)
         ops.bias_grad(g["head.0.b"], dz)
-        xp.matmul(dz, p["head.0.Wtheta"].T, out=ws.th_dh[-1])
-        xp.matmul(dz, p["head.0.Wx"].T, out=ws.x_dh[-1])
+        ops.matmul(ws.th_dh[-1], dz, p["head.0.Wtheta"].T)
+        ops.matmul(ws.x_dh[-1], dz, p["head.0.Wx"].T)
         for tag, sizes, hs, zs, dhs, inp in (("theta", self.theta_sizes, ws.th_h, ws.th_z, ws.th_dh, ws.theta_in),
                                              ("x", self.x_sizes, ws.x_h, ws.x_z, ws.x_dh, ws.x_in)):
             layers = self._mlp(p, tag, sizes)
             dz = dhs[-1]  # linear output layer: dz = dh
             for i in range(len(layers) - 1, -1, -1):
                 h_prev = hs[i - 1] if i > 0 else inp
-                xp.matmul(h_prev.T, dz, out=g[f"{tag}.{i}.W"])
+                ops.matmul(g[f"{tag}.{i}.W"], h_prev.T, dz)
                 ops.bias_grad(g[f"{tag}.{i}.b"], dz)
                 if i > 0:
                     dh = dhs[i - 1]
-                    xp.matmul(dz, layers[i][0].T, out=dh)
+                    ops.matmul(dh, dz, layers[i][0].T)
                     ops.act_backward(dh, dh, zs[i - 1], act)
                     dz = dh
 
@@ -221,21 +228,21 @@ class ScoreNetwork:
         J = d out / d theta_in at the point of the last ``forward`` (x and tau held fixed).
         Tangents run through the theta-MLP and the head; the x and time parts are constants.
         """
-        xp, ops, act = backend.xp, backend.ops, self.activation
+        ops, act = backend.ops, self.activation
         p = self.views(p)
         K, B = t_in.shape[0], t_in.shape[1]
         t = t_in
         th_layers = self._mlp(p, "theta", self.theta_sizes)
         for i, (W, _) in enumerate(th_layers):
             nxt = ws.tan(i % 2, W.shape[1])
-            xp.matmul(t.reshape(K * B, -1), W, out=nxt.reshape(K * B, -1))
+            ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W)
             if i < len(th_layers) - 1:
                 ops.act_tangent(nxt, nxt, ws.th_z[i], act)
             t = nxt
         slot = len(th_layers)
         W0 = p["head.0.Wtheta"]
         nxt = ws.tan(slot % 2, W0.shape[1])
-        xp.matmul(t.reshape(K * B, -1), W0, out=nxt.reshape(K * B, -1))
+        ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W0)
         ops.act_tangent(nxt, nxt, ws.hd_z[0], act)
         t = nxt
         n_head = len(self.head_sizes)
@@ -243,18 +250,18 @@ class ScoreNetwork:
             slot += 1
             W = p[f"head.{i}.W"]
             nxt = ws.tan(slot % 2, W.shape[1])
-            xp.matmul(t.reshape(K * B, -1), W, out=nxt.reshape(K * B, -1))
+            ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W)
             if i < n_head - 1:
                 ops.act_tangent(nxt, nxt, ws.hd_z[i], act)
             t = nxt
         return t
 
 
-def _mlp_forward(xp, ops, layers, inp, zs, hs, act):
+def _mlp_forward(ops, layers, inp, zs, hs, act):
     """Run an MLP into cached buffers: zs[i] = h_{i-1} @ W_i + b_i, hs[i] = act(zs[i]) (linear last)."""
     h = inp
     for i, (W, b) in enumerate(layers):
-        xp.matmul(h, W, out=zs[i])
+        ops.matmul(zs[i], h, W)
         last = i == len(layers) - 1
         ops.bias_act_forward(hs[i], zs[i], b, "identity" if last else act)
         h = hs[i]
@@ -284,6 +291,7 @@ class Workspace:
         self.th_z, self.th_h = stack(net.theta_sizes)
         self.hd_z, self.hd_h = stack([0] + net.head_sizes)
         self.t_emb = xp.empty((batch, net.t_embed_dim), dtype=dtype)
+        self.tau = xp.empty(batch, dtype=dtype)  # a shared time broadcast to the rows
         self.tmp = xp.empty((batch, net.head_sizes[0]), dtype=dtype)
         self.xc = xp.empty((batch, net.head_sizes[0]), dtype=dtype)
         self.theta_in = self.x_in = None  # set by forward: backward needs the inputs

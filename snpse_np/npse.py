@@ -132,7 +132,7 @@ class NPSE:
 
     def train(self, max_epochs=None, batch_size=None, learning_rate=None, validation_fraction=None,
               patience=None, ema_decay=None, max_seconds=None, time_sampling=None, min_steps_per_epoch=None,
-              show_progress=None, init_params=None):
+              show_progress=None, init_params=None, sample_weights=None):
         """Train a fresh score network on all simulations; return the ``ScorePosterior``.
 
         Arguments left None take ``TRAIN_DEFAULTS``. An epoch is as many reshuffled passes over the
@@ -144,6 +144,16 @@ class NPSE:
         ``max_seconds`` caps the wall time. A NaN/inf loss stops with a FloatingPointError.
         ``time_sampling``: "uniform" t or "lognormal" sigma (see ``time_sampling``).
         ``init_params`` starts from given weights (a warm start) instead of a fresh initialisation.
+
+        ``sample_weights``: optional importance weights, one per simulation, shape (n,), aligned
+        with the rows of ``get_simulations()`` (so after rows with NaN/inf x were dropped), all
+        positive and finite. The loss becomes sum_i w_i l_i / sum_i w_i (a self-normalised
+        importance-weighted DSM loss, as SNPSE-B needs): the weights follow their rows through the
+        train/validation split and are rescaled to mean 1 on each split separately, so the training
+        and validation losses both estimate the same weighted objective and early stopping tracks
+        it. They are a training argument, not stored with the rows, because importance weights
+        p(theta)/p~(theta) change whenever the proposal mixture p~ gains a round. With all weights
+        equal to 1, training is bit-identical to training without weights.
         """
         opts = dict(TRAIN_DEFAULTS)
         for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -160,6 +170,7 @@ class NPSE:
         show = self.show_progress if show_progress is None else show_progress
         theta, x = self.get_simulations()
         n = theta.shape[0]
+        weights = None if sample_weights is None else _check_weights(sample_weights, n)
         n_val = max(1, int(round(n * opts["validation_fraction"])))
         if n - n_val < 1:
             raise ValueError(f"too few simulations ({n}) for a validation split")
@@ -187,11 +198,26 @@ class NPSE:
 
         th_tr, x_tr = be.to_device(th[tr_idx].astype(dt)), be.to_device(xs[tr_idx].astype(dt))
         ws = net.workspace(be, B, dt, train=True)
-        th0, xb = xp.empty((B, net.dim_theta), dt), xp.empty((B, net.dim_x), dt)
-        theta_in, z, dout = xp.empty_like(th0), xp.empty_like(th0), xp.empty_like(th0)
+        pv, gv = net.views(params), net.views(grads)  # once: ~30 views cost ~0.2 ms a step otherwise
+        d = net.dim_theta
+        theta_in, dout = xp.empty((B, d), dt), xp.empty((B, d), dt)
+        # The per-step host draws and coefficients travel in ONE host-to-device copy (on the GPU
+        # each copy costs more than a layer): rows alpha, sigma, c_in, tau, c, then z (B, d) and,
+        # with weights, z' (B, d).
+        n_rows = 5 + d * (1 if weights is None else 2)
+        host = np.empty(n_rows * B, dt)
+        rows = [host[k * B:(k + 1) * B] for k in range(5)]
+        z_host = host[5 * B:(5 + d) * B].reshape(B, d)
+        if weights is not None:
+            # Weighted loss through the unweighted kernel: with z' = sqrt(w) z and c' = sqrt(w) c,
+            # r' = c' out + z' = sqrt(w) r, so dsm_loss gives mean w r^2 and dout = 2 w c r / (B d).
+            w_tr = weights[tr_idx] / weights[tr_idx].mean()
+            sw_tr = np.sqrt(w_tr)
+            zw_host = host[(5 + d) * B:].reshape(B, d)
 
         times = TimeSampler(self.sde, opts["time_sampling"])
-        val = self._validation_set(model, th[val_idx], xs[val_idx], B, times)
+        w_val = None if weights is None else weights[val_idx] / weights[val_idx].mean()
+        val = self._validation_set(model, th[val_idx], xs[val_idx], B, times, w_val)
         best, best_epoch, best_params = math.inf, 0, opt.eval_params.copy()
         progress = Progress(show)
         history = []
@@ -201,22 +227,33 @@ class NPSE:
         passes = max(1, -(-int(opts["min_steps_per_epoch"]) // steps_per_pass))
         for epoch in range(1, int(opts["max_epochs"]) + 1):
             order = np.concatenate([self.rng.permutation(n_tr)[:steps_per_pass * B] for _ in range(passes)])
+            # gathered once per epoch on the device; each step then takes a contiguous slice
+            order_d = be.to_device(order)
+            th_ep, x_ep = xp.take(th_tr, order_d, axis=0), xp.take(x_tr, order_d, axis=0)
             total, count = 0.0, 0
             for start in range(0, order.size, B):
-                idx = be.to_device(order[start:start + B])
-                xp.take(th_tr, idx, axis=0, out=th0)
-                xp.take(x_tr, idx, axis=0, out=xb)
+                th0, xb = th_ep[start:start + B], x_ep[start:start + B]
                 t = times.sample(B, self.rng)
-                z[...] = be.to_device(self.rng.standard_normal((B, net.dim_theta)).astype(dt))
+                z_host[...] = self.rng.standard_normal((B, d))
                 alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-                be.ops.dsm_perturb(theta_in, th0, z, _dev(be, alpha, dt), _dev(be, sigma, dt), _dev(be, c_in, dt))
-                out = net.forward(be, params, theta_in, _dev(be, tau, dt), ws, x=xb)
-                loss = be.ops.dsm_loss(dout, out, z, _dev(be, sigma / c_out, dt))
+                for row, v in zip(rows, (alpha, sigma, c_in, tau, sigma / c_out)):
+                    row[...] = v
+                if weights is not None:
+                    sw = sw_tr[order[start:start + B]]
+                    rows[4] *= sw
+                    zw_host[...] = z_host * sw[:, None]
+                dev = be.to_device(host)
+                a_d, s_d, cin_d, tau_d, c_d = (dev[k * B:(k + 1) * B] for k in range(5))
+                z = dev[5 * B:(5 + d) * B].reshape(B, d)
+                be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, cin_d)
+                out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
+                z_loss = z if weights is None else dev[(5 + d) * B:].reshape(B, d)
+                loss = be.ops.dsm_loss(dout, out, z_loss, c_d)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at epoch {epoch}; lower the learning rate "
                         f"(now {opts['learning_rate']}) or check the data for extreme values")
-                net.backward(be, params, dout, ws, grads)
+                net.backward(be, pv, dout, ws, gv)
                 opt.step(grads)
                 total += loss
                 count += 1
@@ -242,6 +279,7 @@ class NPSE:
                       f"best validation loss {best:.4f} at epoch {best_epoch}")
         self.summary = dict(epochs=epoch, best_epoch=best_epoch, best_val_loss=best, stop_reason=stop_reason,
                             train_seconds=progress.elapsed, n_train=n_tr, n_val=n_val, n_invalid=self.n_invalid,
+                            weights_ess=None if weights is None else effective_sample_size(weights),
                             history=np.array(history), **opts)
         self._posterior = ScorePosterior(model, best_params, theta_std, x_std, self.prior, be, dtype=dt)
         return self._posterior
@@ -254,8 +292,11 @@ class NPSE:
 
     # ------------------------------------------------------------------ validation
 
-    def _validation_set(self, model, th, xs, batch, times):
-        """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~1,000 rows are scored."""
+    def _validation_set(self, model, th, xs, batch, times, weights=None):
+        """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~1,000 rows are scored.
+
+        weights (n_val,) or None: importance weights (mean 1), folded into z and c as in training.
+        """
         be, dt = self.backend, self.dtype
         reps = max(1, int(math.ceil(1000 / th.shape[0])))
         th, xs = np.tile(th, (reps, 1)), np.tile(xs, (reps, 1))
@@ -264,11 +305,15 @@ class NPSE:
         z = rng.standard_normal(th.shape)
         alpha, sigma, c_in, c_out, tau = model.coefficients(t)
         theta_in = c_in[:, None] * (alpha[:, None] * th + sigma[:, None] * z)
+        c = sigma / c_out
+        if weights is not None:
+            sw = np.sqrt(np.tile(weights, reps))
+            z, c = sw[:, None] * z, sw * c
         batches = []
         for s in range(0, th.shape[0], batch):
             sl = slice(s, s + batch)
             batches.append(tuple(be.to_device(np.ascontiguousarray(a[sl], dtype=dt))
-                                 for a in (theta_in, xs, z, tau, sigma / c_out)))
+                                 for a in (theta_in, xs, z, tau, c)))
         ws = {}
         return batches, ws
 
@@ -285,6 +330,26 @@ class NPSE:
             total += be.ops.dsm_loss(dout, out, z, c) * b
             rows += b
         return total / rows
+
+
+def _check_weights(sample_weights, n):
+    """sample_weights as a float64 (n,) array; ValueError unless it has n positive finite entries."""
+    w = np.asarray(sample_weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weights must have shape ({n},), one per row of get_simulations() "
+                         f"(after dropping invalid x), got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("sample_weights contain NaN or inf")
+    if not np.all(w > 0):
+        raise ValueError(f"sample_weights must be positive, got {int(np.sum(w <= 0))} entries <= 0")
+    return w
+
+
+def effective_sample_size(weights):
+    """Kish's effective sample size (sum w)^2 / sum w^2 of non-negative weights (n,)."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.max()
+    return float(w.sum() ** 2 / np.sum(w * w))
 
 
 def _dev(backend, a, dtype):

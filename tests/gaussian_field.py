@@ -20,21 +20,29 @@ class GaussianField:
     def _dev(self, a):
         return np.ascontiguousarray(a, dtype=self.dtype)
 
+    @staticmethod
+    def _rows(t, theta):
+        # the samplers pass one float (fixed steps) or per-row times (RK45)
+        return np.broadcast_to(np.asarray(t, dtype=np.float64), (theta.shape[0],))
+
     def _prec(self, t):
         alpha, sigma = self.sde.marginal(t)
         covs = alpha[:, None, None] ** 2 * self.cov + sigma[:, None, None] ** 2 * np.eye(self.d)
         return alpha, np.linalg.inv(covs)
 
     def score(self, theta, t):
+        t = self._rows(t, theta)
         alpha, prec = self._prec(t)
         return -np.einsum("bij,bj->bi", prec, theta - alpha[:, None] * self.mean).astype(self.dtype)
 
     def velocity(self, theta, t):
+        t = self._rows(t, theta)
         s = self.score(theta, t)
         f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
         return (f[:, None] * theta - 0.5 * (g * g)[:, None] * s).astype(self.dtype)
 
     def velocity_div(self, theta, t):
+        t = self._rows(t, theta)
         _, prec = self._prec(t)
         f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
         div = self.d * f + 0.5 * g * g * np.trace(prec, axis1=1, axis2=2)

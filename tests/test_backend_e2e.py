@@ -60,10 +60,17 @@ def test_samples_agree_with_numpy(reference, backend, sampler):
     a = post_ref.sample(2000, **kw)
     b = post.sample(2000, **kw)
     assert np.all(np.isfinite(b))
+    se = a.std(0) / np.sqrt(a.shape[0])
+    if backend == "cuda" and sampler != "ode":
+        # The GPU draws the SDE noise on the device (another stream than numpy's): the samples
+        # agree in distribution only. Means within 5 standard errors of their difference,
+        # standard deviations within 5 standard errors of the ratio (~1/sqrt(2n) each).
+        assert np.all(np.abs(a.mean(0) - b.mean(0)) < 5 * np.sqrt(2) * se)
+        np.testing.assert_allclose(b.std(0), a.std(0), rtol=5 * np.sqrt(2 / a.shape[0]))
+        return
     # Same seed, same draws: the samples agree row by row up to float32 rounding carried
     # along the trajectory; the moments agree far inside their sampling error.
     # (measured: median |a - b| 5e-7, moments equal to 1e-7)
-    se = a.std(0) / np.sqrt(a.shape[0])
     assert np.all(np.abs(a.mean(0) - b.mean(0)) < 0.05 * se + 1e-5)
     np.testing.assert_allclose(b.std(0), a.std(0), rtol=1e-3)
     assert np.median(np.abs(a - b)) < 1e-4

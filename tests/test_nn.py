@@ -127,5 +127,7 @@ def test_shared_time_fold_and_in_place_workspace_match_the_training_path():
     out_train, _ = run(net, p, theta, np.repeat(x1, 7, 0), tau)
     ws = net.workspace(BE, 7, F64)  # inference workspace: in place
     assert ws.th_h[0] is ws.th_z[0]
-    out_fold = net.forward(BE, p, theta, tau, ws, xc=net.condition(BE, p, x1))
+    out_fold = net.forward(BE, p, theta, 0.37, ws, xc=net.condition(BE, p, x1))  # one float: folded
     assert np.allclose(out_train, out_fold, rtol=1e-12, atol=1e-12)
+    out_rows = net.forward(BE, net.views(p), theta, tau, ws, xc=net.condition(BE, p, x1))  # per-row tau
+    assert np.allclose(out_train, out_rows, rtol=1e-12, atol=1e-12)

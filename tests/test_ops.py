@@ -50,8 +50,8 @@ def helper_test_op(backend, op, args, writes, aliases=(), dtype=None):
     if backend == "cuda":
         import cupy
 
-        def put(a):
-            return cupy.asarray(a).copy()
+        def put(a):  # order "K": a transposed input stays transposed on the device
+            return cupy.array(a, copy=True, order="K")
 
         def get(a):
             return cupy.asnumpy(a)
@@ -91,6 +91,19 @@ def rand(rng, shape, dtype, scale=1.0, order="C"):
 
 
 # ----------------------------------------------------------------------------- MLP layers
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mkn", [(1, 5, 3), (7, 29, 13), (33, 19, 1), (5, 1, 4)])
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+def test_matmul(backend, dtype, mkn, layout):
+    """out = a @ b for every layout the network passes: h @ W, h.T @ dz, dz @ W.T (and both)."""
+    rng = np.random.default_rng(11)
+    m, k, n = mkn
+    a = rand(rng, (m, k), dtype, 1.0 / np.sqrt(k), "F" if layout[0] == "t" else "C")
+    b = rand(rng, (k, n), dtype, 1.0, "F" if layout[1] == "t" else "C")
+    helper_test_op(backend, "matmul", [np.empty((m, n), dtype), a, b], (0,))
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -287,9 +300,9 @@ def test_import_snpse_np_imports_neither_numba_nor_cupy():
 
 # ----------------------------------------------------------------------------- the kernel lab
 
-# Every kernels/<op>.py file (each has a VARIANTS registry); common.py and bench_all.py are tools.
-LAB = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "kernels"))
-             if f.endswith(".py") and f not in ("common.py", "bench_all.py", "__init__.py"))
+# Every kernels/<op>.py file (each has a VARIANTS registry); the others are tools.
+LAB_TOOLS = ("common.py", "bench_all.py", "gpu_profile.py", "__init__.py")
+LAB = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "kernels")) if f.endswith(".py") and f not in LAB_TOOLS)
 
 
 def _lab(name):

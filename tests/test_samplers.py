@@ -78,3 +78,28 @@ def test_log_density_by_probability_flow(sde, method):
     logp = field.log_density_at(th1, 1.0) + delta
     exact = field.log_density_at(theta0, sde.t_min)
     assert np.max(np.abs(logp - exact)) < 0.01
+
+
+def test_score_field_chunks_rows_on_the_cpu_like_one_pass():
+    """On the CPU the network runs over CPU_CHUNK_ROWS-row chunks (and a ragged last chunk);
+    the scores must equal one whole-batch pass, for one shared time and per-row times."""
+    from snpse_np.backend import get_backend
+    from snpse_np.nn import ScoreNetwork
+    from snpse_np.sampling import CPU_CHUNK_ROWS, ScoreField
+    from snpse_np.score import ScoreModel
+    from snpse_np.sde import make_sde
+
+    be = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    net = ScoreNetwork([3, 16, 8], [2, 16, 8], [16, 16, 3])
+    model = ScoreModel(net, make_sde("ve", sigma_max=4.0))
+    p = net.init(rng, np.float64)
+    xc = net.condition(be, p, rng.normal(size=(1, 2)))
+    n = 2 * CPU_CHUNK_ROWS + 37
+    theta = rng.normal(size=(n, 3))
+    field = ScoreField(model, be, p, xc, n, np.float64)
+    assert field.chunk == CPU_CHUNK_ROWS < n
+    whole = ScoreField(model, be, p, xc, n, np.float64, divergence="exact")  # tangents: never chunked
+    assert whole.chunk == n
+    for t in (0.3, rng.uniform(0.01, 1.0, n)):
+        np.testing.assert_allclose(field.score(theta, t).copy(), whole.score(theta, t), rtol=1e-12, atol=1e-12)

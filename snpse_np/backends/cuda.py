@@ -1,17 +1,19 @@
 """The GPU backend: numpy_ref's ops on CuPy arrays.
 
+- GEMMs: ``matmul`` is cupy.matmul (cuBLAS).
 - MLP elementwise work and the optimiser: CuPy ``ElementwiseKernel``s, one per (op, activation,
   in place or not), built on first use (CuPy compiles per dtype and caches on disk):
   ``bias_act_forward``, ``act_backward``, ``act_tangent``, ``adam_step``, ``ema_update``,
   ``sinusoidal_embedding``; ``bias_grad`` is ``cupy.sum(axis=0, out=)``.
-- Loss and sampler steps: the numba.cuda kernels of ``_cuda_kernels`` launched on the CuPy
-  arrays (CUDA array interface), on CuPy's current stream: ``dsm_perturb``, ``dsm_loss``,
-  ``affine_step``, ``langevin_step``, ``trace_rows``.
+- Loss and sampler steps: ``dsm_perturb``, ``affine_step`` and the Langevin update as
+  ElementwiseKernels (per-row coefficients read as raw arrays), ``dsm_loss``, the Langevin
+  norms and ``trace_rows`` as one templated RawModule (block reductions in float64, one atomic
+  add per block). The numba.cuda kernels of ``_cuda_kernels`` compute the same and stay in the
+  kernel lab (variant ``numba_cuda``): their launches cost 300-500 us each from Python on an
+  H100 against ~10 us for a CuPy launch, so the package ships the CuPy ones.
 
 Imported only when the "cuda" backend is chosen (``backend.get_backend``), so CuPy is imported
-here at module level and numba.cuda on the first numba-kernel launch. Kept thin: the maths is
-numpy_ref's, tested on the CPU through the numpy path and under the CUDA simulator; this
-layer's own tests are marked ``gpu``.
+here at module level. Kept thin: the maths is numpy_ref's; this layer's tests are marked ``gpu``.
 """
 import cupy
 import numpy as np
@@ -81,6 +83,17 @@ def _act_kernel(kind, act):
 
 def _same(a, b):
     return a is b or (a.shape == b.shape and a.strides == b.strides and a.data.ptr == b.data.ptr)
+
+
+# ----------------------------------------------------------------------------- GEMM
+
+def matmul(out, a, b):
+    """out = a @ b; a (m, k), b (k, n) (possibly transposed views), out (m, n).
+
+    cupy.matmul: calling cuBLAS sgemm directly (kernels/matmul.py, variant cuda_v1_cublas)
+    measured no faster on the lent H100 (0.039 vs 0.037 ms at 256 x 256 x 256).
+    """
+    cupy.matmul(a, b, out=out)
 
 
 # ----------------------------------------------------------------------------- MLP layers
@@ -174,64 +187,143 @@ def ema_update(e, p, decay):
     k(p, T(decay), e)
 
 
-# ----------------------------------------------------------------------------- numba.cuda ops
+# ----------------------------------------------------------------------------- loss and sampler steps
+# CuPy kernels. The numba.cuda versions (``_cuda_kernels``, kept in the kernel lab) compute the
+# same, but numba-cuda's launch path cost 300-500 us per call on an H100 (argument conversion of
+# CuPy arrays; measured by kernels/gpu_profile.py), 20-50x the kernels' own time.
 
-_NK = None
-_STREAMS = {}
+_ROW = "int r = i / d;"  # i: flat index into the (B, d) output in C order; r its row
+
+_REDUCE_SRC = r"""
+// Block-level float64 sum of one value per thread, then one atomic add per block into acc[slot].
+// blockDim.x == 256 (the launcher's choice); every thread of the block must call it.
+__device__ void block_sum_add(double v, double* acc, int slot) {
+    __shared__ double sm[256];
+    sm[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sm[threadIdx.x] += sm[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(acc + slot, sm[0]);
+    __syncthreads();
+}
+
+// One thread per element k of the C-contiguous (B, d) arrays, row i = k / d:
+// r = c_i out_k + z_k, dout_k = (2/n) c_i r, acc[0] += sum r^2 (float64).
+template <typename T>
+__global__ void dsm_loss(T* dout, const T* out, const T* z, const T* c, double* acc, int B, int d) {
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    int n = B * d;
+    double v = 0.0;
+    if (k < n) {
+        int i = k / d;
+        T r = c[i] * out[k] + z[k];
+        dout[k] = (T(2) / T(n)) * c[i] * r;
+        v = (double)r * (double)r;
+    }
+    block_sum_add(v, acc, 0);
+}
+
+// One thread per row i of the C-contiguous (B, d) arrays: acc[0] += |noise_i|, acc[1] += |score_i|.
+template <typename T>
+__global__ void row_norm_sums(const T* score, const T* noise, double* acc, int B, int d) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    double a = 0.0, s = 0.0;
+    if (i < B) {
+        for (int j = 0; j < d; ++j) {
+            double nv = noise[i * d + j], sv = score[i * d + j];
+            a += nv * nv;
+            s += sv * sv;
+        }
+        a = sqrt(a);
+        s = sqrt(s);
+    }
+    block_sum_add(a, acc, 0);
+    block_sum_add(s, acc, 1);
+}
+
+// One thread per row i: out_i = sum_k sum_j tout[k, i, j] tin[k, i, j] (float64 sum),
+// tangents C-contiguous (K, B, d).
+template <typename T>
+__global__ void trace_rows(T* out, const T* tout, const T* tin, int K, int B, int d) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < B) {
+        double acc = 0.0;
+        for (int k = 0; k < K; ++k)
+            for (int j = 0; j < d; ++j) {
+                long long e = ((long long)k * B + i) * d + j;
+                acc += (double)tout[e] * (double)tin[e];
+            }
+        out[i] = (T)acc;
+    }
+}
+"""
+_TPB = 256
+_MODULES = {}
 
 
-def _nk():
-    """The numba.cuda kernels, imported on first use (with the numpy.row_stack fix)."""
-    global _NK
-    if _NK is None:
-        from . import _cuda_kernels
-        _NK = _cuda_kernels
-    return _NK
+def _raw(name, dtype):
+    """The templated RawModule kernel ``name<T>`` for dtype float32 / float64."""
+    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+    mod = _MODULES.get(ctype)
+    if mod is None:
+        names = [f"{k}<{ctype}>" for k in ("dsm_loss", "row_norm_sums", "trace_rows")]
+        mod = _MODULES[ctype] = cupy.RawModule(code=_REDUCE_SRC, options=("--std=c++11",), name_expressions=names)
+    return mod.get_function(f"{name}<{ctype}>")
 
 
-def _args(*arrays):
-    # numba views of the CuPy arrays without the per-array stream synchronisation that the
-    # CUDA array interface would otherwise trigger (we launch on CuPy's stream: ordered).
-    from numba import cuda
-    return [cuda.as_cuda_array(a, sync=False) for a in arrays]
+def _contiguous(*arrays):
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            raise ValueError("the cuda loss and sampler kernels need C-contiguous arrays")
 
 
-def _stream():
-    ptr = cupy.cuda.get_current_stream().ptr
-    if ptr == 0:
-        return 0
-    s = _STREAMS.get(ptr)
-    if s is None:
-        from numba import cuda
-        s = _STREAMS[ptr] = cuda.external_stream(ptr)
-    return s
+def _grid(n):
+    return (max(1, (int(n) + _TPB - 1) // _TPB),)
 
 
 def dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in):
     """theta_in = c_in * (alpha * theta0 + sigma * z), row-wise scalars (B,)."""
-    _nk().launch_dsm_perturb(*_args(theta_in, theta0, z, alpha, sigma, c_in), stream=_stream())
+    k = _simple("snpse_dsm_perturb", "T theta0, T z, raw T alpha, raw T sigma, raw T c_in, int32 d", "T theta_in",
+                _ROW + "theta_in = c_in[r] * (alpha[r] * theta0 + sigma[r] * z);")
+    k(theta0, z, alpha, sigma, c_in, np.int32(theta0.shape[1]), theta_in)
 
 
 def dsm_loss(dout, out, z, c):
     """Denoising score-matching loss (noise-prediction form); returns the batch loss (a host float)."""
+    _contiguous(dout, out, z, c)
+    B, d = out.shape
     acc = cupy.zeros(1, dtype=cupy.float64)
-    _nk().launch_dsm_loss(*_args(dout, out, z, c, acc), stream=_stream())
+    _raw("dsm_loss", out.dtype)(_grid(B * d), (_TPB,), (dout, out, z, c, acc, np.int32(B), np.int32(d)))
     return float(acc.get()[0]) / out.size
 
 
 def affine_step(theta, a, score, b, noise, c):
     """theta = a theta + b score + c noise with per-row coefficients a, b, c: (B,)."""
-    _nk().launch_affine_step(*_args(theta, a, score, b, noise, c), stream=_stream())
+    k = _simple("snpse_affine_step", "raw T a, T score, raw T b, T noise, raw T c, int32 d", "T theta",
+                _ROW + "theta = a[r] * theta + (b[r] * score + c[r] * noise);")
+    k(a, score, b, noise, c, np.int32(theta.shape[1]), theta)
 
 
 def langevin_step(theta, score, noise, snr, alpha):
-    """Langevin corrector with the batch-mean signal-to-noise step size (see numpy_ref)."""
+    """Langevin corrector with the batch-mean signal-to-noise step size (see numpy_ref); the norms
+    are reduced on the device and the update reads them there (no host round trip)."""
+    _contiguous(score, noise)
+    B, d = theta.shape
     acc = cupy.zeros(2, dtype=cupy.float64)
-    _nk().launch_langevin_step(*_args(theta, score, noise), float(snr), float(alpha), *_args(acc),
-                               stream=_stream())
+    _raw("row_norm_sums", score.dtype)(_grid(B), (_TPB,), (score, noise, acc, np.int32(B), np.int32(d)))
+    k = _simple("snpse_langevin_update", "T score, T noise, raw float64 acc, float64 snr, float64 alpha, int32 B",
+                "T theta",
+                "double ratio = snr * (acc[0] / B) / fmax(acc[1] / B, 1e-30);"
+                "double eps = 2.0 * alpha * ratio * ratio;"
+                "theta = theta + (T)(eps * (double)score + sqrt(2.0 * eps) * (double)noise);")
+    k(score, noise, acc, float(snr), float(alpha), np.int32(B), theta)
 
 
 def trace_rows(out, tangent_out, tangent_in):
     """out_i = sum_k <tangent_in[k, i], tangent_out[k, i]>; out: (B,), tangents: (K, B, d)."""
-    _nk().launch_trace_rows(*_args(out, tangent_out, tangent_in), stream=_stream())
-
+    _contiguous(out, tangent_out, tangent_in)
+    K, B, d = tangent_out.shape
+    _raw("trace_rows", out.dtype)(_grid(B), (_TPB,), (out, tangent_out, tangent_in, np.int32(K), np.int32(B),
+                                                      np.int32(d)))

@@ -433,6 +433,11 @@ def _same(a, b):
                       and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
+def matmul(out, a, b):
+    """out = a @ b (see numpy_ref): numpy's BLAS GEMM, as fast as a numba loop can get here."""
+    np.matmul(a, b, out=out)
+
+
 def act_value(z, act):
     """act(z), elementwise; returns a new array."""
     z2 = _as2d(np.ascontiguousarray(z))

@@ -61,6 +61,12 @@ def act_grad(z, act):
 
 # ----------------------------------------------------------------------------- MLP layers
 
+def matmul(out, a, b):
+    """out = a @ b; a (m, k), b (k, n), out (m, n). a and b may be transposed views (backward
+    passes h.T and W.T); out is C-contiguous."""
+    np.matmul(a, b, out=out)
+
+
 def bias_act_forward(h, z, b, act):
     """z += b (in place, z: (B, w) holds x @ W), then h = act(z). b: (w,) or (B, w); h may be z."""
     z += b
