@@ -9,14 +9,20 @@ import numpy as np
 from snpse_np.bench import published_c2st, read_rows
 
 
+def trunc(rs):
+    """Mean truncation seconds per run (all rounds), '-' for methods without truncation."""
+    t = [float(r.get("truncation_seconds") or 0.0) for r in rs]
+    return f"{np.mean(t):.0f}" if any(t) else "-"
+
+
 def main(path):
     rows = read_rows(path)
     groups = {}
     for r in rows:
         groups.setdefault((r["task"], r["method"], r["sde"], int(r["budget"])), []).append(r)
     print("| task | method | budget | observations | C2ST (mean) | per observation | sbibm NPE | sbibm SNPE-C "
-          "| train s | sample s (per obs) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| train s | truncation s | sample s (per obs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (task, method, sde, budget), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: int(r["observation"]))
         obs = [int(r["observation"]) for r in rs]
@@ -26,7 +32,7 @@ def main(path):
         print(f"| {task} | {method}-{sde} | {budget} | {','.join(map(str, obs))} | {np.mean(c):.3f} | "
               f"{' '.join(f'{v:.2f}' for v in c)} | {f(npe)} | {f(snpe)} | "
               f"{np.mean([float(r['train_seconds']) for r in rs]):.0f} | "
-              f"{np.mean([float(r['sample_seconds']) for r in rs]):.0f} |")
+              f"{trunc(rs)} | {np.mean([float(r['sample_seconds']) for r in rs]):.0f} |")
     machines = sorted({r["machine"] for r in rows})
     print(f"\nMachine: {'; '.join(machines)}. Backends: {', '.join(sorted({r['backend'] for r in rows}))}.")
 

@@ -191,7 +191,8 @@ def plot_c2st(rows, path):
 def _bench(args):
     rows = run_benchmark(args.task, args.method, args.sde, args.budget, parse_obs(args.obs), args.seed,
                          args.backend, args.num_samples, args.c2st, args.csv, args.rounds, args.max_seconds,
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet,
+                         train_kwargs=None if args.max_epochs is None else dict(max_epochs=args.max_epochs))
     print(summary_table(rows))
     if args.plot:
         plot_c2st(read_rows(args.csv) if args.csv else rows, args.plot)
@@ -212,5 +213,7 @@ def add_parser(sub):
     p.add_argument("--csv", default="results/benchmark.csv")
     p.add_argument("--plot", default=None, help="write a C2ST-vs-budget plot (matplotlib) to this path")
     p.add_argument("--max-seconds", type=float, default=None, help="cap on each training's wall time")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="cap on each training's epochs (unlike --max-seconds, independent of the machine's load)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_bench)

@@ -12,7 +12,10 @@ The truncated prior is the prior restricted to that region,
 sampled by drawing FROM THE PRIOR (the authors' code draws uniformly in a box, wrong for
 Gaussian and log-normal priors), rejecting candidates outside the bounding box of the posterior
 samples and outside their enclosing ellipsoid (cheap pre-filters, see below), then keeping those
-with log q > kappa.
+with log q > kappa. For priors with independent dimensions (all of sbibm's but the
+multivariate normals) the candidates are drawn from the prior restricted to the box directly
+(``prior.sample_in_box``, exact): on Lotka-Volterra the region held 0.1% of the prior by round 3
+and rejection from the whole prior took 714 s a round.
 
 The pre-filters only skip log-densities that would fail anyway: the box is the samples' range
 widened by ``box_margin`` times that range; the ellipsoid is
@@ -97,15 +100,24 @@ class TruncatedPrior:
         return self.region_contains(theta)
 
     def sample(self, n, seed=None):
-        """(n, d) draws from the prior restricted to the region (rejection from the prior)."""
+        """(n, d) draws from the prior restricted to the region (rejection sampling).
+
+        Candidates come from the prior restricted to the bounding box when the prior has
+        independent dimensions (``prior.sample_in_box``: exact, and the box's prior mass is
+        known), else from the prior itself. ``acceptance`` is the region's share of the prior:
+        accepted / candidates, times the box's prior mass for box draws.
+        """
         rng = as_generator(seed)
         t0 = time.perf_counter()
+        in_box = getattr(self.prior, "independent", False)
+        box_mass = 1.0
         kept, have, drawn = [], 0, 0
         while have < n:
             if drawn >= self.max_candidates:
-                rate = have / max(drawn, 1)
+                rate = have / max(drawn, 1) * box_mass
+                source = f"draws from the prior in the box (prior mass {box_mass:.2e})" if in_box else "prior draws"
                 raise TruncationError(
-                    f"truncated prior: only {have} of {n} samples after {drawn} prior draws "
+                    f"truncated prior: only {have} of {n} samples after {drawn} {source} "
                     f"(acceptance rate {rate:.2e}); the HPR is too small to sample by rejection. "
                     f"Raise epsilon (now {self.epsilon}) or max_candidates (now {self.max_candidates}).")
             # size the batch by the acceptance seen so far, so a wide region does not push
@@ -113,12 +125,16 @@ class TruncatedPrior:
             rate = have / drawn if drawn else None
             want = (n - have) * 1.2 / max(rate, 1e-4) if rate else 2 * (n - have)
             m = int(min(self.batch_size, self.max_candidates - drawn, max(want, 256)))
-            cand = self.prior.sample(m, seed=rng)
+            if in_box:
+                cand, log_mass = self.prior.sample_in_box(m, *self.box, seed=rng)
+                box_mass = float(np.exp(log_mass))
+            else:
+                cand = self.prior.sample(m, seed=rng)
             drawn += m
             ok = self.region_contains(cand)
             kept.append(cand[ok])
             have += int(ok.sum())
-        self.acceptance = have / drawn
+        self.acceptance = have / drawn * box_mass
         self.seconds = time.perf_counter() - t0
         return np.concatenate(kept)[:n]
 

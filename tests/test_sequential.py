@@ -50,12 +50,35 @@ def test_truncated_prior_is_the_prior_restricted_to_the_region():
 
 
 def test_too_low_acceptance_raises_with_the_rate():
-    prior = sn.BoxUniform(-10 * np.ones(3), 10 * np.ones(3))
+    # dependent prior dimensions: candidates from the whole prior, a region of ~1e-9 of its mass
+    prior = sn.MultivariateNormal(np.zeros(3), 100.0 * np.eye(3))
     post = GaussianPosterior([0.0, 0.0, 0.0], 0.01)
     tp = TruncatedPrior(prior, post, epsilon=1e-3, num_samples=2000, seed=0, box_margin=0.0,
                         max_candidates=20000, batch_size=5000)
     with pytest.raises(TruncationError, match="acceptance rate"):
         tp.sample(1000, seed=1)
+    # independent dimensions: candidates from the prior in the box; a cap below n must raise too
+    prior = sn.BoxUniform(-10 * np.ones(3), 10 * np.ones(3))
+    tp = TruncatedPrior(prior, post, epsilon=1e-3, num_samples=2000, seed=0, max_candidates=500)
+    with pytest.raises(TruncationError, match=r"acceptance rate .* prior mass|prior mass .*acceptance rate"):
+        tp.sample(1000, seed=1)
+
+
+def test_box_draws_give_the_prior_restricted_to_the_region_and_its_mass():
+    """LogNormal prior (independent): candidates from the prior in the box; the samples match
+    brute-force rejection from the whole prior, and the acceptance is the region's prior mass."""
+    prior = sn.LogNormal([0.0, -1.0], [0.5, 0.5])
+    post = GaussianPosterior([1.2, 0.3], 0.05)
+    tp = TruncatedPrior(prior, post, epsilon=1e-3, num_samples=20000, seed=0)
+    s = tp.sample(20000, seed=1)
+    r = np.sqrt(-2 * 0.05 ** 2 * (tp.threshold + 2 * np.log(0.05) + np.log(2 * np.pi)))
+    cand = prior.sample(4_000_000, seed=2)
+    inside = np.linalg.norm(cand - post.mean, axis=1) < r
+    ref = cand[inside]
+    assert np.linalg.norm(s - post.mean, axis=1).max() <= r
+    assert np.allclose(s.mean(0), ref.mean(0), atol=0.004)
+    assert np.allclose(s.std(0), ref.std(0), rtol=0.03)
+    assert abs(tp.acceptance / inside.mean() - 1) < 0.05
 
 
 # ------------------------------------------------------------------ TSNPSE end to end
