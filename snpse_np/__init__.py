@@ -1,5 +1,7 @@
 """snpse_np: neural posterior score estimation (NPSE) and its sequential form (TSNPSE).
 
+SNPSEA and SNPSEB (paper Sec. 3.2) are experimental: the paper found them worse than TSNPSE.
+
 Sharrock, Simons, Liu, Beaumont, "Sequential Neural Score Estimation: Likelihood-Free
 Inference with Conditional Score Based Diffusion Models", ICML 2024.
 
@@ -14,6 +16,9 @@ _LAZY = {
     "ScorePosterior": ("posterior", "ScorePosterior"),
     "load": ("posterior", "load"),
     "TSNPSE": ("sequential", "TSNPSE"),
+    "SNPSEA": ("snpse_ab", "SNPSEA"),  # experimental
+    "SNPSEB": ("snpse_ab", "SNPSEB"),  # experimental
+    "SIRPosterior": ("snpse_ab", "SIRPosterior"),  # experimental
     "simulate": ("simulate", "simulate"),
     "c2st": ("metrics", "c2st"),
     "get_backend": ("backend", "get_backend"),
