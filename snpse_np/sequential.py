@@ -117,7 +117,9 @@ class TSNPSE:
                                           log_prob_kwargs=log_prob_kwargs)
             t0 = time.perf_counter()
             theta = proposal.sample(per_round[r], seed=child_seed(self.seed, r, 2))
-            t_trunc = time.perf_counter() - t0 + (proposal.setup_seconds if r > 0 else 0.0)
+            t_reject = time.perf_counter() - t0 if r > 0 else 0.0  # candidates and their log-densities
+            t_hpr = proposal.setup_seconds if r > 0 else 0.0  # 20k posterior samples, log-densities, kappa
+            t_trunc = t_hpr + t_reject
             t0 = time.perf_counter()
             sim_dir = None if self.workdir is None else self._path(f"round_{r:02d}", "chunks")
             x, report = simulate(self.simulator, theta, executor=self.executor, seed=child_seed(self.seed, r, 3),
@@ -139,7 +141,8 @@ class TSNPSE:
             summary = dict(round=r + 1, simulations=per_round[r], failed_simulations=n_bad,
                            simulator_errors=report.first_error, total_simulations=int(sum(per_round[:r + 1])),
                            acceptance=None if r == 0 else proposal.acceptance,
-                           truncation_seconds=t_trunc, simulation_seconds=t_sim,
+                           truncation_seconds=t_trunc, hpr_seconds=t_hpr, rejection_seconds=t_reject,
+                           simulation_seconds=t_sim,
                            epochs=s["epochs"], train_seconds=s["train_seconds"], best_val_loss=s["best_val_loss"])
             self.rounds.append(summary)
             if self.workdir is not None:
@@ -147,7 +150,8 @@ class TSNPSE:
                 self._save_state(config)
             acc = "" if r == 0 else f", acceptance {proposal.acceptance:.3f}"
             self._say(f"round {r + 1}/{num_rounds}: {per_round[r]} simulations ({n_bad} failed){acc}, "
-                      f"truncation {t_trunc:.1f}s, simulation {t_sim:.1f}s, "
+                      f"truncation {t_trunc:.1f}s (HPR {t_hpr:.1f}s, rejection {t_reject:.1f}s), "
+                      f"simulation {t_sim:.1f}s, "
                       f"training {s['epochs']} epochs {s['train_seconds']:.1f}s")
         return self.posterior
 
