@@ -148,7 +148,7 @@ class TSNPSE:
             if self.workdir is not None:
                 self.posterior.save(self._path(f"round_{r:02d}", "posterior.npz"))
                 self._save_state(config)
-            acc = "" if r == 0 else f", acceptance {proposal.acceptance:.3f}"
+            acc = "" if r == 0 else f", acceptance {proposal.acceptance:.3g}"
             self._say(f"round {r + 1}/{num_rounds}: {per_round[r]} simulations ({n_bad} failed){acc}, "
                       f"truncation {t_trunc:.1f}s (HPR {t_hpr:.1f}s, rejection {t_reject:.1f}s), "
                       f"simulation {t_sim:.1f}s, "
