@@ -350,7 +350,3 @@ def effective_sample_size(weights):
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.max()
     return float(w.sum() ** 2 / np.sum(w * w))
-
-
-def _dev(backend, a, dtype):
-    return backend.to_device(np.ascontiguousarray(a, dtype=dtype))

@@ -160,7 +160,8 @@ def euler_maruyama(field, theta, steps, rng, corrector_steps=0, snr=0.16, normal
     The noise is drawn where theta lives (``backend.normal_source``: on the GPU, on the device
     from a seed taken from ``rng``), or by ``normal(out)`` when given (the kernel lab feeds
     fixed draws); the per-step coefficient rows are filled on the device. The loop makes no
-    host-device transfer and no synchronisation, so it can be captured as a CUDA graph.
+    host-device transfer and no synchronisation (CuPy 14.2 still refuses to capture it as a
+    CUDA graph: it rejects cuBLAS calls during capture).
     """
     be, xp = field.backend, field.backend.xp
     ops, sde, n = be.ops, field.sde, theta.shape[0]
