@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
+from snpse_np.npse import StepDraws  # noqa: E402
 from snpse_np.optim import Adam  # noqa: E402
 from snpse_np.sampling import ScoreField, euler_maruyama  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
@@ -75,7 +76,7 @@ def package_train_step(backend, batch, seed=0, dtype=np.float32):
     th_tr, x_tr = be.to_device(th.astype(dtype)), be.to_device(xs.astype(dtype))
     ws = net.workspace(be, batch, dtype, train=True)
     theta_in, dout = xp.empty((batch, DIM_THETA), dtype), xp.empty((batch, DIM_THETA), dtype)
-    host = np.empty((5 + DIM_THETA) * batch, dtype)  # alpha, sigma, c_in, tau, c, z: one transfer
+    draws = StepDraws(model, batch, DIM_THETA, dtype)  # coefficients and z: one transfer
     state = {"pos": N_TRAIN}
 
     def step():
@@ -85,14 +86,8 @@ def package_train_step(backend, batch, seed=0, dtype=np.float32):
         sl = slice(state["pos"], state["pos"] + batch)
         state["pos"] += batch
         th0, xb = state["th"][sl], state["x"][sl]
-        t = rng.uniform(model.sde.t_min, 1.0, batch)
-        alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-        for k, a in enumerate((alpha, sigma, c_in, tau, sigma / c_out)):
-            host[k * batch:(k + 1) * batch] = a
-        host[5 * batch:] = rng.standard_normal(batch * DIM_THETA)
-        dev = be.to_device(host)
-        a_d, s_d, ci_d, tau_d, c_d = (dev[k * batch:(k + 1) * batch] for k in range(5))
-        z = dev[5 * batch:].reshape(batch, DIM_THETA)
+        draws.fill(rng.uniform(model.sde.t_min, 1.0, batch), rng.standard_normal((batch, DIM_THETA)))
+        a_d, s_d, ci_d, tau_d, c_d, z, _ = draws.upload(be)
         be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, ci_d)
         out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
         loss = be.ops.dsm_loss(dout, out, z, c_d)

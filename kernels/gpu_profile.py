@@ -23,6 +23,7 @@ ensure_row_stack()
 
 from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
+from snpse_np.npse import StepDraws  # noqa: E402
 from snpse_np.optim import Adam  # noqa: E402
 from snpse_np.sampling import ScoreField  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
@@ -56,20 +57,15 @@ def train_phases(be, batch, d=5, p=8, dtype=np.float32, seed=0):
     xb = be.to_device(rng.standard_normal((batch, p)).astype(dtype))
     ws = net.workspace(be, batch, dtype, train=True)
     theta_in, dout = xp.empty_like(th0), xp.empty_like(th0)
-    host = np.empty((5 + d) * batch, dtype)
+    draws = StepDraws(model, batch, d, dtype)
     st = {}
 
     def prep():
-        t = rng.uniform(1e-4, 1.0, batch)
-        alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-        for k, a in enumerate((alpha, sigma, c_in, tau, sigma / c_out)):
-            host[k * batch:(k + 1) * batch] = a
-        host[5 * batch:] = rng.standard_normal(batch * d)
+        draws.fill(rng.uniform(1e-4, 1.0, batch), rng.standard_normal((batch, d)))
 
     def upload():
-        dev = be.to_device(host)
-        st["c"] = [dev[k * batch:(k + 1) * batch] for k in range(5)]
-        st["z"] = dev[5 * batch:].reshape(batch, d)
+        a, s, c_in, tau, c, z, _ = draws.upload(be)
+        st["c"], st["z"] = [a, s, c_in, tau, c], z
 
     def perturb():
         a, s, ci, _, _ = st["c"]

@@ -73,6 +73,43 @@ def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True):
     return theta, x, n_bad
 
 
+class StepDraws:
+    """A training step's host draws, packed for ONE host-to-device copy (on the GPU each copy
+    costs more than a layer). Shapes: batch B, theta dimension d.
+
+    Packed rows (each B long): alpha, sigma, c_in, tau, c = sigma / c_out, then z (B, d) and,
+    with weights, z' = sqrt(w) z (B, d). A weighted loss runs through the unweighted kernel: with
+    c' = sqrt(w) c and z' = sqrt(w) z, r' = c' out + z' = sqrt(w) r, so dsm_loss gives mean w r^2
+    and dout = 2 w c r / (B d).
+    """
+
+    def __init__(self, model, batch, dim_theta, dtype, weighted=False):
+        self.model, self.B, self.d = model, int(batch), int(dim_theta)
+        self.weighted = bool(weighted)
+        self.host = np.empty((5 + self.d * (2 if weighted else 1)) * self.B, dtype)
+
+    def fill(self, t, z, sqrt_w=None):
+        """Host side: the coefficients at times t (B,), the noise z (B, d), weights' roots (B,)."""
+        B, d, host = self.B, self.d, self.host
+        alpha, sigma, c_in, c_out, tau = self.model.coefficients(t)
+        for k, v in enumerate((alpha, sigma, c_in, tau, sigma / c_out)):
+            host[k * B:(k + 1) * B] = v
+        z_host = host[5 * B:(5 + d) * B].reshape(B, d)
+        z_host[...] = z
+        if self.weighted:
+            host[4 * B:5 * B] *= sqrt_w
+            host[(5 + d) * B:].reshape(B, d)[...] = z_host * sqrt_w[:, None]
+
+    def upload(self, backend):
+        """One copy; returns device views (alpha, sigma, c_in, tau, c, z, z for the loss)."""
+        B, d = self.B, self.d
+        dev = backend.to_device(self.host)
+        a, s, c_in, tau, c = (dev[k * B:(k + 1) * B] for k in range(5))
+        z = dev[5 * B:(5 + d) * B].reshape(B, d)
+        z_loss = dev[(5 + d) * B:].reshape(B, d) if self.weighted else z
+        return a, s, c_in, tau, c, z, z_loss
+
+
 class NPSE:
     """Neural posterior score estimation.
 
@@ -201,19 +238,10 @@ class NPSE:
         pv, gv = net.views(params), net.views(grads)  # once: ~30 views cost ~0.2 ms a step otherwise
         d = net.dim_theta
         theta_in, dout = xp.empty((B, d), dt), xp.empty((B, d), dt)
-        # The per-step host draws and coefficients travel in ONE host-to-device copy (on the GPU
-        # each copy costs more than a layer): rows alpha, sigma, c_in, tau, c, then z (B, d) and,
-        # with weights, z' (B, d).
-        n_rows = 5 + d * (1 if weights is None else 2)
-        host = np.empty(n_rows * B, dt)
-        rows = [host[k * B:(k + 1) * B] for k in range(5)]
-        z_host = host[5 * B:(5 + d) * B].reshape(B, d)
+        draws = StepDraws(model, B, d, dt, weighted=weights is not None)
         if weights is not None:
-            # Weighted loss through the unweighted kernel: with z' = sqrt(w) z and c' = sqrt(w) c,
-            # r' = c' out + z' = sqrt(w) r, so dsm_loss gives mean w r^2 and dout = 2 w c r / (B d).
             w_tr = weights[tr_idx] / weights[tr_idx].mean()
             sw_tr = np.sqrt(w_tr)
-            zw_host = host[(5 + d) * B:].reshape(B, d)
 
         times = TimeSampler(self.sde, opts["time_sampling"])
         w_val = None if weights is None else weights[val_idx] / weights[val_idx].mean()
@@ -234,20 +262,11 @@ class NPSE:
             for start in range(0, order.size, B):
                 th0, xb = th_ep[start:start + B], x_ep[start:start + B]
                 t = times.sample(B, self.rng)
-                z_host[...] = self.rng.standard_normal((B, d))
-                alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-                for row, v in zip(rows, (alpha, sigma, c_in, tau, sigma / c_out)):
-                    row[...] = v
-                if weights is not None:
-                    sw = sw_tr[order[start:start + B]]
-                    rows[4] *= sw
-                    zw_host[...] = z_host * sw[:, None]
-                dev = be.to_device(host)
-                a_d, s_d, cin_d, tau_d, c_d = (dev[k * B:(k + 1) * B] for k in range(5))
-                z = dev[5 * B:(5 + d) * B].reshape(B, d)
+                draws.fill(t, self.rng.standard_normal((B, d)),
+                           None if weights is None else sw_tr[order[start:start + B]])
+                a_d, s_d, cin_d, tau_d, c_d, z, z_loss = draws.upload(be)
                 be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, cin_d)
                 out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
-                z_loss = z if weights is None else dev[(5 + d) * B:].reshape(B, d)
                 loss = be.ops.dsm_loss(dout, out, z_loss, c_d)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
