@@ -17,7 +17,7 @@ from .backend import get_backend
 from .nn import ScoreNetwork
 from .progress import Progress
 from .rng import as_generator
-from .sampling import ODE_METHODS, SAMPLERS, ScoreField, euler_maruyama, ode_fixed, ode_rk45
+from .sampling import CPU_CHUNK_ROWS, ODE_METHODS, SAMPLERS, ScoreField, euler_maruyama, ode_fixed, ode_rk45
 from .score import ScoreModel
 from .sde import sde_from_config
 from .standardize import Standardizer
@@ -150,12 +150,14 @@ class ScorePosterior:
     # ------------------------------------------------------------------ densities
 
     def log_prob(self, theta, x=None, method="rk45", steps=100, exact=True, seed=None, rtol=1e-4, atol=1e-4,
-                 batch_size=4096):
+                 batch_size=None):
         """log p(theta | x) for theta (n, d) -> (n,), by the probability-flow ODE.
 
         The divergence is the exact trace (``exact=True``, d forward-mode tangents) or the
         Hutchinson estimate (one Rademacher tangent; unbiased, noisy). Rows outside the prior
-        support get -inf. All rows are integrated as one batch (in chunks of ``batch_size``).
+        support get -inf. The rows are integrated in chunks of ``batch_size`` (default: 1,024 rows
+        on the CPU, whose d tangent buffers then stay in cache: 25% faster than 4,096 in 10-D here;
+        4,096 on the GPU).
         """
         theta = np.asarray(theta, dtype=np.float64)
         if theta.ndim == 1:
@@ -167,6 +169,8 @@ class ScorePosterior:
         x = self._check_x(x)
         rng = as_generator(seed)
         be = self.backend
+        if batch_size is None:
+            batch_size = 4096 if be.name == "cuda" else CPU_CHUNK_ROWS
         out = np.full(theta.shape[0], -np.inf)
         inside = self.prior.support_contains(theta) & np.all(np.isfinite(theta), axis=1)
         idx = np.flatnonzero(inside)
