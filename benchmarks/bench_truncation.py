@@ -9,7 +9,8 @@ Trains NPSE (VE) on a task's prior simulations, then, at the task's observation:
    candidates (the truncation's, 5,000) that land on the other side of the region's boundary
    than with RK4 at 40 steps (the most accurate setting here);
 3. the whole truncation of a round (TruncatedPrior: samples, log-densities, kappa; then 1,000
-   accepted draws) with the old default (RK45, 1e-3) and the new one (RK4, 10 steps).
+   accepted draws), one change at a time: the old default (RK45 at 1e-3, 4,096-row chunks), RK4
+   with 10 steps, 1,024-row chunks, the half-step screen for kappa (the new default).
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_truncation.py --task slcp
 """
@@ -80,12 +81,18 @@ def main():
         print(f"| {name} | {seconds:.1f} | {err.mean():+.3f} | {err.std():.3f} | {np.abs(err).max():.3f} | "
               f"{kappa:.2f} | {inside.mean():.3f} | {np.mean(inside != ref_inside):.4f} |")
 
-    print("whole truncation of a round (HPR + 1,000 accepted draws), side by side:")
-    for name, kw in (ESTIMATORS[0], ESTIMATORS[3]):
+    print("whole truncation of a round (HPR + 1,000 accepted draws), one change at a time:")
+    rk4 = dict(method="rk4", steps=10)
+    for name, kw, screen in [("rk45 1e-3, 4096 rows (old default)", dict(rtol=1e-3, atol=1e-3, batch_size=4096), False),
+                             ("rk4 10, 4096 rows", dict(rk4, batch_size=4096), False),
+                             ("rk4 10, 1024 rows", rk4, False),
+                             ("rk4 10, 1024 rows, screen (default)", rk4, True)]:
         t0 = time.perf_counter()
-        tp = TruncatedPrior(prior, post, x_o, epsilon=eps, num_samples=args.samples, seed=4, log_prob_kwargs=kw)
+        tp = TruncatedPrior(prior, post, x_o, epsilon=eps, num_samples=args.samples, seed=4, log_prob_kwargs=kw,
+                            screen=screen)
         tp.sample(1000, seed=5)
-        print(f"  {name}: {time.perf_counter() - t0:.1f}s (HPR {tp.setup_seconds:.1f}s, rejection {tp.seconds:.1f}s, "
+        print(f"  {name}: {time.perf_counter() - t0:.1f}s (HPR {tp.setup_seconds:.1f}s with "
+              f"{tp.hpr_full_evaluations} full log-densities, rejection {tp.seconds:.1f}s, kappa {tp.threshold:.3f}, "
               f"acceptance {tp.acceptance:.3g})")
 
 

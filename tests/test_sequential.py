@@ -155,3 +155,35 @@ def test_simulator_failures_are_counted_not_raised():
     run = sn.TSNPSE(prior, flaky, X_O, seed=0, show_progress=False, train_kwargs=dict(max_epochs=2))
     run.run(num_simulations=400, num_rounds=1)
     assert run.rounds[0]["failed_simulations"] > 0
+
+
+class StepErrorPosterior(GaussianPosterior):
+    """A fixed-step estimator stand-in: the exact Gaussian log-density plus a deterministic
+    error scale * sin(7 theta_0) / steps^4 (RK4-like), so a half-step screen ranks with error."""
+
+    def __init__(self, mean, s, scale):
+        super().__init__(mean, s)
+        self.scale, self.rows = scale, 0
+
+    def log_prob(self, theta, x=None, seed=None, method="rk45", steps=100, **kw):
+        self.rows += theta.shape[0]
+        exact = super().log_prob(theta)
+        return exact + self.scale * np.sin(7 * theta[:, 0]) / steps ** 4
+
+
+@pytest.mark.parametrize("scale,screened", [(10.0, True), (4000.0, False)])
+def test_threshold_screen_gives_the_unscreened_quantile(scale, screened):
+    """kappa from the half-step screen + full log-densities on the lowest 5% equals the quantile of
+    the full estimator over all samples; a screen too coarse to trust falls back to all of them."""
+    from snpse_np.truncation import SCREEN_FRACTION
+    prior = sn.Normal([0.0, 0.0], [1.0, 1.0])
+    kw = dict(method="rk4", steps=10)
+    post = StepErrorPosterior([0.8, -0.3], 0.3, scale)
+    tp = TruncatedPrior(prior, post, epsilon=5e-4, num_samples=20000, seed=0, log_prob_kwargs=kw)
+    samples = post.sample(20000, seed=np.random.default_rng(0))
+    full = post.log_prob(samples, **kw)
+    assert tp.threshold == pytest.approx(np.quantile(full, 5e-4), abs=1e-12)
+    if screened:
+        assert tp.hpr_full_evaluations == int(SCREEN_FRACTION * 20000)
+    else:  # screen errors of ~6 nats misrank the tail: everything is evaluated
+        assert tp.hpr_full_evaluations == 20000
