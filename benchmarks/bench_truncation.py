@@ -10,7 +10,7 @@ Trains NPSE (VE) on a task's prior simulations, then, at the task's observation:
    than with RK4 at 40 steps (the most accurate setting here);
 3. the whole truncation of a round (TruncatedPrior: samples, log-densities, kappa; then 1,000
    accepted draws), one change at a time: the old default (RK45 at 1e-3, 4,096-row chunks), RK4
-   with 10 steps, 1,024-row chunks, the half-step screen for kappa (the new default).
+   with 10 steps, 1,024-row chunks, the half-step screen (kappa and clear candidates: the new default).
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_truncation.py --task slcp
 """
@@ -92,7 +92,8 @@ def main():
                             screen=screen)
         tp.sample(1000, seed=5)
         print(f"  {name}: {time.perf_counter() - t0:.1f}s (HPR {tp.setup_seconds:.1f}s with "
-              f"{tp.hpr_full_evaluations} full log-densities, rejection {tp.seconds:.1f}s, kappa {tp.threshold:.3f}, "
+              f"{tp.hpr_full_evaluations} full log-densities, rejection {tp.seconds:.1f}s with {tp.screened_candidates} "
+              f"candidates decided by the screen, kappa {tp.threshold:.3f}, "
               f"acceptance {tp.acceptance:.3g})")
 
 

@@ -89,7 +89,7 @@ class TruncatedPrior:
         rng = as_generator(seed)
         t0 = time.perf_counter()
         samples = posterior.sample(num_samples, x=self.x, seed=rng, reject_outside_prior=True)
-        self.threshold, self.hpr_full_evaluations = self._threshold(samples, rng)
+        self.threshold, self.hpr_full_evaluations, self.screen_error = self._threshold(samples, rng)
         span = samples.max(0) - samples.min(0)
         self.box = (np.maximum(samples.min(0) - box_margin * span, prior.low),
                     np.minimum(samples.max(0) + box_margin * span, prior.high))
@@ -102,16 +102,18 @@ class TruncatedPrior:
         self.setup_seconds = time.perf_counter() - t0
         self.acceptance = None
         self.seconds = 0.0
+        self.screened_candidates = 0  # decided by the screen alone
 
     def _threshold(self, samples, rng):
-        """(kappa, number of full log-densities): kappa is the eps-quantile of the estimator over
-        the samples.
+        """(kappa, number of full log-densities, screen error or None): kappa is the eps-quantile
+        of the estimator over the samples.
 
         Only the lowest ~eps n values decide kappa. With a fixed-step estimator a screen at half
         the steps (half the cost) ranks the samples, and the full estimator runs on the lowest
         ``SCREEN_FRACTION`` of them. kappa is kept when every other sample's screen value, less
         twice the largest screen error seen on the evaluated ones, lies above it; otherwise the
-        rest are evaluated too, and kappa is the unscreened one.
+        rest are evaluated too, and kappa is the unscreened one. The screen error (None when the
+        screen did not hold) lets ``region_contains`` decide clear candidates by the screen alone.
         """
         post, kw = self.posterior, self.log_prob_kwargs
         n = samples.shape[0]
@@ -120,8 +122,8 @@ class TruncatedPrior:
         fixed_step = kw.get("method") in ("euler", "heun", "rk4") and kw.get("steps", 0) >= 4
         if not (self.screen and fixed_step) or m >= n:
             logq = post.log_prob(samples, x=self.x, seed=rng, **kw)
-            return float(np.quantile(logq[np.isfinite(logq)], self.epsilon)), n
-        screen = post.log_prob(samples, x=self.x, seed=rng, **dict(kw, steps=kw["steps"] // 2))
+            return float(np.quantile(logq[np.isfinite(logq)], self.epsilon)), n, None
+        screen = post.log_prob(samples, x=self.x, seed=rng, **self._screen_kwargs())
         order = np.argsort(screen)  # -inf (outside the support) first, NaN last
         low, rest = order[:m], order[m:]
         logq = np.full(n, np.inf)
@@ -131,9 +133,31 @@ class TruncatedPrior:
         finite = ~np.isnan(screen) & (logq > -np.inf)
         kappa = float(np.quantile(logq[finite], self.epsilon))
         if np.isfinite(kappa) and np.all(screen[rest][~np.isnan(screen[rest])] - 2.0 * err > kappa):
-            return kappa, m
+            return kappa, m, err
         logq[rest] = post.log_prob(samples[rest], x=self.x, seed=rng, **kw)
-        return float(np.quantile(logq[np.isfinite(logq)], self.epsilon)), n
+        return float(np.quantile(logq[np.isfinite(logq)], self.epsilon)), n, None
+
+    def _screen_kwargs(self):
+        return dict(self.log_prob_kwargs, steps=self.log_prob_kwargs["steps"] // 2)
+
+    def _above_threshold(self, theta):
+        """Boolean (n,): log q > kappa by the full estimator. With a screen error e from kappa's
+        screen, candidates whose screen value lies more than 2e from kappa are decided by the
+        screen alone (the same margin that certified kappa); the rest get the full estimator.
+        The screen stops once most candidates need both (it would cost more than it saves)."""
+        post, kappa = self.posterior, self.threshold
+        if self.screen_error is None:
+            return post.log_prob(theta, x=self.x, **self.log_prob_kwargs) > kappa
+        screen = post.log_prob(theta, x=self.x, **self._screen_kwargs())
+        margin = 2.0 * self.screen_error
+        out = screen > kappa + margin
+        unsure = np.flatnonzero(~(screen > kappa + margin) & ~(screen < kappa - margin))  # NaN included
+        if unsure.size:
+            out[unsure] = post.log_prob(theta[unsure], x=self.x, **self.log_prob_kwargs) > kappa
+        if unsure.size > 0.5 * theta.shape[0]:
+            self.screen_error = None
+        self.screened_candidates += theta.shape[0] - unsure.size
+        return out
 
     def _mahalanobis2(self, theta):
         diff = theta - self.center
@@ -147,7 +171,7 @@ class TruncatedPrior:
         out = np.zeros(theta.shape[0], dtype=bool)
         idx = np.flatnonzero(inside)
         if idx.size:
-            out[idx] = self.posterior.log_prob(theta[idx], x=self.x, **self.log_prob_kwargs) > self.threshold
+            out[idx] = self._above_threshold(theta[idx])
         return out
 
     def support_contains(self, theta):

@@ -185,5 +185,12 @@ def test_threshold_screen_gives_the_unscreened_quantile(scale, screened):
     assert tp.threshold == pytest.approx(np.quantile(full, 5e-4), abs=1e-12)
     if screened:
         assert tp.hpr_full_evaluations == int(SCREEN_FRACTION * 20000)
+        # candidates: the screen decides the clear ones, with the full estimator's answers
+        cand = post.mean + 0.6 * np.random.default_rng(3).standard_normal((5000, 2))
+        assert np.array_equal(tp._above_threshold(cand), post.log_prob(cand, **kw) > tp.threshold)
+        assert tp.screened_candidates > 2500
+        s = tp.sample(2000, seed=1)
+        assert np.all(post.log_prob(s, **kw) > tp.threshold)
     else:  # screen errors of ~6 nats misrank the tail: everything is evaluated
         assert tp.hpr_full_evaluations == 20000
+        assert tp.screen_error is None
