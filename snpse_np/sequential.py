@@ -142,13 +142,17 @@ class TSNPSE:
                            simulator_errors=report.first_error, total_simulations=int(sum(per_round[:r + 1])),
                            acceptance=None if r == 0 else proposal.acceptance,
                            truncation_seconds=t_trunc, hpr_seconds=t_hpr, rejection_seconds=t_reject,
+                           hpr_full_log_probs=None if r == 0 else proposal.hpr_full_evaluations,
+                           screened_candidates=None if r == 0 else proposal.screened_candidates,
                            simulation_seconds=t_sim,
                            epochs=s["epochs"], train_seconds=s["train_seconds"], best_val_loss=s["best_val_loss"])
             self.rounds.append(summary)
             if self.workdir is not None:
                 self.posterior.save(self._path(f"round_{r:02d}", "posterior.npz"))
                 self._save_state(config)
-            acc = "" if r == 0 else f", acceptance {proposal.acceptance:.3g}"
+            acc = "" if r == 0 else (f", acceptance {proposal.acceptance:.3g}, kappa from "
+                                     f"{proposal.hpr_full_evaluations} full log-densities, "
+                                     f"{proposal.screened_candidates} candidates decided by the screen")
             self._say(f"round {r + 1}/{num_rounds}: {per_round[r]} simulations ({n_bad} failed){acc}, "
                       f"truncation {t_trunc:.1f}s (HPR {t_hpr:.1f}s, rejection {t_reject:.1f}s), "
                       f"simulation {t_sim:.1f}s, "
