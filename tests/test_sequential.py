@@ -194,3 +194,23 @@ def test_threshold_screen_gives_the_unscreened_quantile(scale, screened):
     else:  # screen errors of ~6 nats misrank the tail: everything is evaluated
         assert tp.hpr_full_evaluations == 20000
         assert tp.screen_error is None
+
+
+class TailPosterior(GaussianPosterior):
+    """N(mean, s^2 I) samples of which 5 are moved 20 s away (far tail, log q below kappa)."""
+
+    def sample(self, n, x=None, seed=None, reject_outside_prior=False):
+        out = super().sample(n, x, seed, reject_outside_prior)
+        out[:5] = self.mean + 20 * self.s
+        return out
+
+
+def test_prefilters_come_from_the_samples_inside_the_region():
+    prior = sn.Normal([0.0, 0.0], [10.0, 10.0])
+    clean = TruncatedPrior(prior, GaussianPosterior([0.8, -0.3], 0.3), epsilon=5e-4, num_samples=20000, seed=0)
+    tail = TruncatedPrior(prior, TailPosterior([0.8, -0.3], 0.3), epsilon=5e-4, num_samples=20000, seed=0)
+    # the 5 far samples lie below kappa: the box and the ellipsoid ignore them
+    assert tail.radius2 < 1.2 * clean.radius2
+    assert np.all(tail.box[1] < 0.8 + 10 * 0.3)
+    s = tail.sample(5000, seed=1)
+    assert np.linalg.norm(s - [0.8, -0.3], axis=1).max() < 5 * 0.3
