@@ -26,6 +26,11 @@ passed 41-51% of prior draws, of which 1-6% were in the region; the ellipsoid cu
 log-densities spent on rejected candidates. The ~eps n samples outside the region are left out:
 they are the far tail, and one of them set the ellipsoid's radius for every candidate.
 
+The log-densities are the cost (d forward-mode tangents per network evaluation). kappa only
+depends on the lowest values, so a half-step screen ranks the samples and the full estimator
+runs on the lowest 5%; candidates whose screen value is clearly on one side of kappa skip the
+full estimator (both checked against the screen's observed error; ``TruncatedPrior._threshold``).
+
 Candidates are processed in large vectorised batches. If the acceptance is too low to finish
 within ``max_candidates`` candidates, sampling stops with an error that reports the acceptance
 rate; it never returns fewer samples silently.
@@ -69,7 +74,9 @@ class TruncatedPrior:
     """prior restricted to the eps-HPR of ``posterior`` at observation ``x``.
 
     Quantities kept for the summary: ``threshold`` (kappa), ``box`` (low, high),
-    ``acceptance`` (accepted / prior candidates of the last ``sample``), ``seconds``.
+    ``acceptance`` (accepted / prior candidates of the last ``sample``), ``setup_seconds`` (HPR),
+    ``seconds`` (rejection), ``hpr_full_evaluations`` (samples that needed the full log-density),
+    ``screened_candidates`` (candidates decided by the half-step screen alone).
     """
 
     def __init__(self, prior, posterior, x=None, epsilon=5e-4, num_samples=20_000, seed=None,
