@@ -25,7 +25,8 @@ SAMPLERS = ("ode", "sde", "pc")
 # activations (1 MB) stay in cache between a GEMM and its activation (~15% faster per
 # Euler-Maruyama step at 10,000 rows here, kernels/em_trajectory.py). The GPU takes the batch whole.
 CPU_CHUNK_ROWS = 1024
-ODE_METHODS = ("euler", "heun", "rk4", "rk45")
+FIXED_STEP_METHODS = ("euler", "heun", "rk4")
+ODE_METHODS = FIXED_STEP_METHODS + ("rk45",)
 
 # Dormand-Prince 5(4) tableau (Dormand & Prince 1980), FSAL.
 _DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)

@@ -142,7 +142,7 @@ class TSNPSE:
                            simulator_errors=report.first_error, total_simulations=int(sum(per_round[:r + 1])),
                            acceptance=None if r == 0 else proposal.acceptance,
                            truncation_seconds=t_trunc, hpr_seconds=t_hpr, rejection_seconds=t_reject,
-                           hpr_full_log_probs=None if r == 0 else proposal.hpr_full_evaluations,
+                           hpr_full_evaluations=None if r == 0 else proposal.hpr_full_evaluations,
                            screened_candidates=None if r == 0 else proposal.screened_candidates,
                            simulation_seconds=t_sim,
                            epochs=s["epochs"], train_seconds=s["train_seconds"], best_val_loss=s["best_val_loss"])

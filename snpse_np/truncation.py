@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from .rng import as_generator
+from .sampling import FIXED_STEP_METHODS
 
 
 # A candidate's log-density is only compared with a quantile of the SAME estimator over posterior
@@ -135,7 +136,7 @@ class TruncatedPrior:
         n = samples.shape[0]
         k = int(np.ceil(self.epsilon * n)) + 1  # np.quantile interpolates between order statistics k-1 and k
         m = max(int(SCREEN_FRACTION * n), 4 * k)
-        fixed_step = kw.get("method") in ("euler", "heun", "rk4") and kw.get("steps", 0) >= 4
+        fixed_step = kw.get("method") in FIXED_STEP_METHODS and kw.get("steps", 0) >= 4
         if not (self.screen and fixed_step) or m >= n:
             logq = post.log_prob(samples, x=self.x, seed=rng, **kw)
             return float(np.quantile(logq[np.isfinite(logq)], self.epsilon)), n, None, logq
@@ -167,7 +168,7 @@ class TruncatedPrior:
         screen = post.log_prob(theta, x=self.x, **self._screen_kwargs())
         margin = 2.0 * self.screen_error
         out = screen > kappa + margin
-        unsure = np.flatnonzero(~(screen > kappa + margin) & ~(screen < kappa - margin))  # NaN included
+        unsure = np.flatnonzero(~out & ~(screen < kappa - margin))  # NaN included
         if unsure.size:
             out[unsure] = post.log_prob(theta[unsure], x=self.x, **self.log_prob_kwargs) > kappa
         if unsure.size > 0.5 * theta.shape[0]:
