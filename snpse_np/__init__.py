@@ -11,6 +11,14 @@ __version__ = "0.1.0"
 
 from .priors import BoxUniform, LogNormal, MultivariateNormal, Normal  # noqa: F401
 
+# Bound eagerly, not lazily: the function shares its name with its submodule, and importing the
+# submodule (``import snpse_np.simulate``, or any module doing ``from .simulate import ...``) binds
+# the package attribute ``simulate`` to the MODULE, which would then shadow a lazy name for good
+# (``sn.simulate(...)`` worked once, then raised "'module' object is not callable"). Importing it
+# here first makes the function the last binding; later imports find the module in sys.modules
+# and leave the attribute alone. simulate.py needs numpy and the standard library only.
+from .simulate import simulate  # noqa: E402,F401
+
 _LAZY = {
     "NPSE": ("npse", "NPSE"),
     "ScorePosterior": ("posterior", "ScorePosterior"),
@@ -19,7 +27,6 @@ _LAZY = {
     "SNPSEA": ("snpse_ab", "SNPSEA"),  # experimental
     "SNPSEB": ("snpse_ab", "SNPSEB"),  # experimental
     "SIRPosterior": ("snpse_ab", "SIRPosterior"),  # experimental
-    "simulate": ("simulate", "simulate"),
     "c2st": ("metrics", "c2st"),
     "get_backend": ("backend", "get_backend"),
     "get_task": ("tasks", "get_task"),
@@ -34,4 +41,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'snpse_np' has no attribute {name!r}")
 
 
-__all__ = ["BoxUniform", "Normal", "LogNormal", "MultivariateNormal", *_LAZY]
+__all__ = ["BoxUniform", "Normal", "LogNormal", "MultivariateNormal", "simulate", *_LAZY]
