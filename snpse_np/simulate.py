@@ -55,14 +55,25 @@ reproducibility is its own business.
 Failures
 --------
 A chunk whose call raises (or whose future fails: worker crash, pickling error) is submitted
-again, up to ``max_retries`` more times; if it still fails its rows of x are NaN. Failures are
-counted in the report, never raised, and never silent: a summary line goes to the progress
-display, or with ``progress=False`` a ``RuntimeWarning``. Two exceptions to "never raised":
+again, up to ``max_retries`` more times (transient failures: the retry gives the same x as a
+clean run). If it still fails, its rows are *isolated*: the chunk is run once more, seed block by
+seed block (one call for a simulator without ``seed``), and a call that raises is split in two
+halves, recursively, down to single rows (the halves of a call with seed s get
+``child_seed(s, 0)`` and ``child_seed(s, 1)``, so x still depends only on the simulator, theta,
+seed and seed_block). A row that raises on its own is ONE failed row: NaN in x, counted in
+``n_failed_rows`` (and dropped downstream like a NaN row); the rest of its chunk is kept. With k
+raising rows among m that costs about 2 k log2(m) extra calls. A simulator that raises
+everywhere is not called 2m times: once the first ``ISOLATION_GIVE_UP`` rows of a chunk have all
+failed alone with no call of the chunk succeeding, its remaining rows are marked failed unrun.
 
-- every chunk failed (no row of x was simulated): ``RuntimeError`` with the first error, since
+Failures are counted in the report, never raised, and never silent: a summary line goes to the
+progress display, or with ``progress=False`` a ``RuntimeWarning``. Two exceptions to "never
+raised":
+
+- every row failed (no row of x was simulated): ``RuntimeError`` with the first error, since
   an all-NaN x is never what the caller wants;
-- the simulator returned the wrong shape (not (m, p), or p differs between chunks):
-  ``ValueError`` at once, without retries, because it is a bug, not bad luck.
+- the simulator returned the wrong shape (not (m, p), or p differs between chunks) or complex
+  numbers: ``ValueError`` at once, without retries, because it is a bug, not bad luck.
 
 ``KeyboardInterrupt`` in this process is not caught: pending chunks are cancelled and the
 chunks already written to ``workdir`` stay.
@@ -71,7 +82,8 @@ Streaming to disk
 -----------------
 With ``workdir=path`` every finished chunk is written as it arrives to
 ``path/chunk_<index>.npz`` (arrays ``theta`` (m, d) and ``x`` (m, p)), atomically (temporary
-file + ``os.replace``), by this process, so workers need no shared file system. A
+file + ``os.replace``, ``snpse_np.files``), by this process, so workers need no shared file
+system. A chunk with rows that failed is not written, so a rerun tries it again. A
 ``manifest.json`` records n, d, a hash of theta, chunk_size, seed_block and the base seed. A
 rerun with the same workdir and theta loads the chunks already there and simulates only the
 missing (or failed) ones; a workdir written for another theta, chunking or seed raises a
@@ -86,16 +98,18 @@ import json
 import math
 import os
 import queue
-import tempfile
 import time
 import warnings
 
 import numpy as np
 
+from .checks import real_array
+from .files import write_atomic
 from .progress import Progress
 from .rng import as_generator, child_seed
 
 SEED_BLOCK = 100          # rows per seed block: see "Seed rule" in the module docstring
+ISOLATION_GIVE_UP = 16    # rows failed alone, with no success in the chunk, before the rest is given up
 _TARGET_CHUNKS = 32       # default number of chunks: load balance without much per-chunk overhead
 _MANIFEST = "manifest.json"
 
@@ -112,12 +126,15 @@ class SimulationResult:
     n_chunks          chunks theta was split into
     chunk_size        rows per chunk (the last may be shorter), after rounding to seed blocks
     seed_block        rows per seed block, None for a simulator without ``seed``
-    n_failed_chunks   chunks that failed after all retries; their rows of x are NaN
-    n_failed_rows     rows of those chunks
+    n_failed_chunks   chunks with rows that still failed after the retries and the row isolation
+    n_failed_rows     rows that failed (raised on their own, or a whole chunk lost to a worker
+                      crash or a pickling error); NaN in x
     n_nonfinite_rows  rows the simulator *returned* with a NaN or inf (failed rows not included)
     n_retries         resubmissions made (successful or not)
     n_loaded_chunks   chunks read back from ``workdir`` instead of simulated
-    first_error       "chunk i (rows a:b): Type: message" of the first failure, or None
+    first_error       the first failure, or None: "chunk i (rows a:b), row r: Type: message"
+                      for a row that raised on its own, "chunk i (rows a:b): Type: message" for
+                      a chunk lost whole
     seconds           wall time of the call
     """
 
@@ -141,7 +158,7 @@ class SimulationResult:
     def summary(self):
         """One line for a log."""
         line = (f"simulate: {self.n_rows} rows in {self.n_chunks} chunks, {self.seconds:.2f} s; "
-                f"{self.n_failed_chunks} failed chunks ({self.n_failed_rows} rows NaN), "
+                f"{self.n_failed_chunks} chunks with failed rows ({self.n_failed_rows} rows NaN), "
                 f"{self.n_nonfinite_rows} non-finite rows")
         if self.n_loaded_chunks:
             line += f", {self.n_loaded_chunks} chunks loaded from workdir"
@@ -164,7 +181,7 @@ def simulate(simulator, theta, executor=None, chunk_size=None, seed=None, progre
     seed           int, None (fresh) or a numpy Generator (one int is drawn from it)
     progress       one updating line on stderr (chunks done/total, rows/s, failures)
     workdir        folder to stream chunks to and resume from (created if missing)
-    max_retries    resubmissions of a failing chunk before its rows become NaN
+    max_retries    resubmissions of a failing chunk before its failing rows are isolated
     seed_block     rows per seed block (keyword only)
     return_report  return ``(x, SimulationResult)`` instead of x (keyword only)
     """
@@ -221,10 +238,16 @@ def simulate(simulator, theta, executor=None, chunk_size=None, seed=None, progre
                 a, b = bounds[i]
                 store.save(i, theta[a:b], board.x[a:b])
 
+        def on_isolated(i, result):
+            board.put_isolated(i, *result)
+            if store is not None and not result[1].any():  # a chunk with failed rows is tried again
+                a, b = bounds[i]
+                store.save(i, theta[a:b], board.x[a:b])
+
         if executor is None:
-            retries = _run_inline(todo, job, on_success, board, max_retries)
+            retries = _run_inline(todo, job, on_success, on_isolated, board, max_retries)
         else:
-            retries = _run_on_executor(executor, todo, job, on_success, board, max_retries)
+            retries = _run_on_executor(executor, todo, job, on_success, on_isolated, board, max_retries)
     except BaseException:
         board.progress.finish(board)   # end the line so a traceback starts on its own
         raise
@@ -234,7 +257,7 @@ def simulate(simulator, theta, executor=None, chunk_size=None, seed=None, progre
     failed = report.n_failed_chunks > 0
     board.progress.finish(board, report.summary() if failed else None)
     if board.x is None:
-        raise RuntimeError(f"simulate: all {len(bounds)} chunks failed "
+        raise RuntimeError(f"simulate: all {len(bounds)} chunks failed, every row raised "
                            f"(after {max_retries} retries each); first error: {report.first_error}")
     if failed and not progress:
         warnings.warn(report.summary(), RuntimeWarning, stacklevel=2)
@@ -267,11 +290,64 @@ def _run_chunk(simulator, theta_chunk, block_seeds, seed_block, tag):
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def _run_chunk_isolated(simulator, theta_chunk, block_seeds, seed_block, tag):
+    """Simulate a chunk whose whole calls failed, isolating the rows that raise (see "Failures").
+
+    Returns (x (m, p) with NaN rows where a row failed, or None if every row failed;
+    failed (m,) bool; the first error (j, "Type: message") with row j within the chunk, or None).
+    """
+    del tag
+    iso = _Isolation(simulator, theta_chunk.shape[0])
+    if block_seeds is None:
+        iso.run(theta_chunk, 0, None)
+    else:
+        for k, s in enumerate(block_seeds):
+            iso.run(theta_chunk[k * seed_block:(k + 1) * seed_block], k * seed_block, s)
+    return iso.x, iso.failed, iso.first_error
+
+
+class _Isolation:
+    """Bisection of failing calls down to the single rows that raise."""
+
+    def __init__(self, simulator, m):
+        self.simulator, self.x = simulator, None
+        self.failed = np.zeros(m, dtype=bool)
+        self.first_error, self.successes = None, 0
+
+    def run(self, rows, offset, seed):
+        m = rows.shape[0]
+        if self.successes == 0 and self.failed.sum() >= ISOLATION_GIVE_UP:
+            self.failed[offset:offset + m] = True  # raises everywhere: not worth 2m more calls
+            return
+        try:
+            out = self.simulator(rows) if seed is None else self.simulator(rows, seed=seed)
+        except Exception as exc:  # noqa: BLE001 - any simulator error; KeyboardInterrupt passes
+            if m == 1:
+                self.failed[offset] = True
+                if self.first_error is None:
+                    self.first_error = (offset, f"{type(exc).__name__}: {exc}")
+                return
+            half = m // 2
+            seeds = (None, None) if seed is None else (child_seed(seed, 0), child_seed(seed, 1))
+            self.run(rows[:half], offset, seeds[0])
+            self.run(rows[half:], offset + half, seeds[1])
+            return
+        part = _checked_output(out, m)
+        if self.x is None:
+            self.x = np.full((self.failed.size, part.shape[1]), np.nan)
+        elif part.shape[1] != self.x.shape[1]:
+            raise SimulatorOutputError(
+                f"simulator returned {self.x.shape[1]} columns for some rows and {part.shape[1]} "
+                f"for others; every row of x needs the same p")
+        self.x[offset:offset + m] = part
+        self.successes += 1
+
+
 def _checked_output(out, m):
     try:
-        x = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise SimulatorOutputError(f"simulator output is not a numeric array: {exc}") from None
+        x = real_array(out, "simulator output")
+    except ValueError as exc:
+        raise SimulatorOutputError(str(exc)) from None
     if x.ndim != 2 or x.shape[0] != m:
         raise SimulatorOutputError(
             f"simulator must return an (m, p) array for m = {m} parameter rows, "
@@ -281,7 +357,7 @@ def _checked_output(out, m):
 
 # ----------------------------------------------------------------------------- drivers
 
-def _run_inline(todo, job, on_success, board, max_retries):
+def _run_inline(todo, job, on_success, on_isolated, board, max_retries):
     """Run the chunks one after another in this process; returns the number of retries."""
     retries = 0
     for i in todo:
@@ -291,30 +367,34 @@ def _run_inline(todo, job, on_success, board, max_retries):
                 x_chunk = _run_chunk(*job(i, attempt))
             except SimulatorOutputError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any simulator error is a chunk failure
-                if attempt == max_retries:
-                    board.fail(i, exc)
-            else:
-                on_success(i, x_chunk)
-                break
+            except Exception:  # noqa: BLE001 - any simulator error is a chunk failure
+                continue
+            on_success(i, x_chunk)
+            break
+        else:  # every attempt raised: find the rows that raise
+            on_isolated(i, _run_chunk_isolated(*job(i, max_retries + 1)))
     return retries
 
 
-def _run_on_executor(executor, todo, job, on_success, board, max_retries):
+def _run_on_executor(executor, todo, job, on_success, on_isolated, board, max_retries):
     """Submit every chunk, collect them as they finish, resubmit failures.
 
     Finished futures are handed over through a queue filled by done-callbacks: O(1) per
     completion whatever the number of chunks (``concurrent.futures.wait`` over all pending
     futures would be O(n) per call), and it works with any Future that has
     ``add_done_callback`` (Dask's, mpi4py's and Ray's executors return such futures).
+    A chunk that failed every attempt goes back once more, to ``_run_chunk_isolated`` (attempt
+    number ``max_retries + 1``); if that fails too (a worker crash, a pickling error), the whole
+    chunk is lost.
     """
     done = queue.SimpleQueue()
     pending = {}
     retries = 0
 
     def submit(i, attempt):
+        fn = _run_chunk if attempt <= max_retries else _run_chunk_isolated
         try:
-            fut = executor.submit(_run_chunk, *job(i, attempt))
+            fut = executor.submit(fn, *job(i, attempt))
         except Exception as exc:  # noqa: BLE001 - e.g. a broken pool: counts as a failed attempt
             done.put((None, i, attempt, exc))
             return
@@ -337,13 +417,18 @@ def _run_on_executor(executor, todo, job, on_success, board, max_retries):
                 i, attempt = pending.pop(item)
                 exc = _future_error(item)
             if exc is None:
-                on_success(i, item.result())
+                if attempt <= max_retries:
+                    on_success(i, item.result())
+                else:
+                    on_isolated(i, item.result())
                 remaining -= 1
             elif isinstance(exc, SimulatorOutputError):
                 raise exc
             elif attempt < max_retries:
                 retries += 1
                 submit(i, attempt + 1)
+            elif attempt == max_retries:
+                submit(i, attempt + 1)   # isolate the rows that raise
             else:
                 board.fail(i, exc)
                 remaining -= 1
@@ -372,7 +457,8 @@ class _Board:
         self.n_done = 0
         self.n_loaded = 0
         self.rows_simulated = 0
-        self.failed = []         # chunk indices
+        self.failed = []         # chunk indices with failed rows
+        self.n_failed_rows = 0
         self.first_error = None
         self.n_nonfinite = 0
 
@@ -393,11 +479,39 @@ class _Board:
             self.rows_simulated += b - a
         self.progress.draw(self)
 
+    def put_isolated(self, i, x_chunk, failed, first_error):
+        """A chunk after row isolation: x_chunk (m, p) or None (every row failed), failed (m,)
+        bool, first_error (row within the chunk, "Type: message") or None."""
+        a, b = self.bounds[i]
+        if x_chunk is None:
+            self._lost(i, f"chunk {i} (rows {a}:{b}), every row: {first_error[1]}", b - a)
+            return
+        if self.x is None:
+            self.x = np.full((self.n, x_chunk.shape[1]), np.nan)
+        elif x_chunk.shape[1] != self.x.shape[1]:
+            raise SimulatorOutputError(
+                f"chunk {i} has {x_chunk.shape[1]} columns, earlier chunks "
+                f"{self.x.shape[1]}: every row of x needs the same p")
+        self.x[a:b] = x_chunk
+        ok = ~failed
+        self.n_nonfinite += int(np.count_nonzero(~np.isfinite(x_chunk[ok]).all(axis=1)))
+        self.rows_simulated += int(ok.sum())
+        if failed.any():
+            self._lost(i, f"chunk {i} (rows {a}:{b}), row {a + first_error[0]}: {first_error[1]}",
+                       int(failed.sum()))
+        else:
+            self.n_done += 1
+            self.progress.draw(self)
+
     def fail(self, i, exc):
         a, b = self.bounds[i]
+        self._lost(i, f"chunk {i} (rows {a}:{b}): {type(exc).__name__}: {exc}", b - a)
+
+    def _lost(self, i, error, rows):
         if self.first_error is None:
-            self.first_error = f"chunk {i} (rows {a}:{b}): {type(exc).__name__}: {exc}"
+            self.first_error = error
         self.failed.append(i)
+        self.n_failed_rows += rows
         self.n_done += 1
         self.progress.draw(self)
 
@@ -405,7 +519,7 @@ class _Board:
         return SimulationResult(
             n_rows=self.n, n_chunks=len(self.bounds), chunk_size=chunk_size,
             seed_block=seed_block, n_failed_chunks=len(self.failed),
-            n_failed_rows=sum(self.bounds[i][1] - self.bounds[i][0] for i in self.failed),
+            n_failed_rows=self.n_failed_rows,
             n_nonfinite_rows=self.n_nonfinite, n_retries=retries, n_loaded_chunks=self.n_loaded,
             first_error=self.first_error, seconds=seconds)
 
@@ -448,8 +562,8 @@ class _ChunkStore:
         self.theta = theta
         if manifest is None:
             os.makedirs(self.dir, exist_ok=True)
-            _write_atomic(os.path.join(self.dir, _MANIFEST),
-                          lambda f: f.write(json.dumps(meta, indent=1).encode()))
+            write_atomic(os.path.join(self.dir, _MANIFEST),
+                         lambda f: f.write(json.dumps(meta, indent=1).encode()))
             return
         for key in ("n_rows", "dim", "theta_sha256", "chunk_size", "seed_block", "base_seed"):
             if manifest.get(key) != meta[key]:
@@ -484,7 +598,7 @@ class _ChunkStore:
         return np.asarray(x_stored, dtype=np.float64)
 
     def save(self, i, theta_rows, x_rows):
-        _write_atomic(self.path(i), lambda f: np.savez(f, theta=theta_rows, x=x_rows))
+        write_atomic(self.path(i), lambda f: np.savez(f, theta=theta_rows, x=x_rows))
 
 
 def _read_manifest(workdir):
@@ -493,24 +607,6 @@ def _read_manifest(workdir):
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _write_atomic(path, write):
-    """Write through a temporary file in the same folder, then ``os.replace``: a reader (or a
-    rerun after a kill) sees the old file or the whole new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _theta_hash(theta):

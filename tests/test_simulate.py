@@ -150,20 +150,71 @@ def _seedless_logged(theta, log_dir):
 # ----------------------------------------------------------------------------- failures
 
 @pytest.mark.parametrize("use_pool", [False, True])
-def test_failing_chunks_are_retried_then_nan_and_reported(theta, pool, use_pool):
+def test_a_raising_row_is_one_failed_row(theta, pool, use_pool):
+    """Chunks that keep raising are retried, then their rows are isolated: only the marked rows
+    fail (NaN, counted), the rest of their chunks is simulated, other chunks are untouched."""
     theta = theta.copy()
     theta[[150, 420], 0] = MARK                       # chunks 1 and 4 of 100 rows
-    with pytest.warns(RuntimeWarning, match="2 failed chunks"):
+    with pytest.warns(RuntimeWarning, match=r"2 chunks with failed rows \(2 rows NaN\)"):
         x, rep = simulate(fails_on_mark, theta, executor=pool if use_pool else None,
                           chunk_size=100, seed=0, progress=False, max_retries=2,
                           return_report=True)
-    assert (rep.n_chunks, rep.n_failed_chunks, rep.n_failed_rows) == (5, 2, 200)
-    assert rep.n_retries == 4 and not rep.ok
-    assert "marked row" in rep.first_error and "RuntimeError" in rep.first_error
-    assert np.isnan(x[100:200]).all() and np.isnan(x[400:500]).all()
+    assert (rep.n_chunks, rep.n_failed_chunks, rep.n_failed_rows) == (5, 2, 2)
+    assert rep.n_retries == 4 and not rep.ok and rep.n_nonfinite_rows == 0
+    assert "row 150: RuntimeError: marked row" in rep.first_error
+    bad = np.zeros(500, bool)
+    bad[[150, 420]] = True
+    assert np.isnan(x[bad]).all() and np.isfinite(x[~bad]).all()
+    assert np.abs(x[~bad, :2] - theta[~bad]).max() < 1.0   # row i still simulated at theta[i]
     ok = simulate(noisy, theta, chunk_size=100, seed=0, progress=False)
     np.testing.assert_array_equal(x[:100], ok[:100])
     np.testing.assert_array_equal(x[200:400], ok[200:400])
+    # the isolation's seeds derive from the block seed: the same call gives the same x
+    with pytest.warns(RuntimeWarning):
+        again = simulate(fails_on_mark, theta, chunk_size=100, seed=0, progress=False)
+    np.testing.assert_array_equal(again, x)
+
+
+def test_one_percent_raising_rows_in_one_chunk_lose_only_those_rows(theta):
+    """In process without a workdir everything is one chunk: 1% raising rows once made that
+    chunk, hence the whole call, fail (RuntimeError: all 1 chunks failed)."""
+    theta = theta.copy()
+    marked = np.random.default_rng(1).choice(500, 5, replace=False)
+    theta[marked, 0] = MARK
+    for sim in (fails_on_mark, _seedless_fails_on_mark):
+        with pytest.warns(RuntimeWarning, match=r"\(5 rows NaN\)"):
+            x, rep = simulate(sim, theta, seed=0, progress=False, return_report=True)
+        assert rep.n_chunks == 1 and rep.n_failed_rows == 5
+        assert np.array_equal(np.flatnonzero(np.isnan(x).any(axis=1)), np.sort(marked))
+
+
+def _seedless_fails_on_mark(theta):
+    if np.any(theta[:, 0] == MARK):
+        raise RuntimeError("marked row")
+    return seedless(theta)
+
+
+def _seedless_always_fails_logged(theta, log_dir):
+    _log_call(log_dir, theta)
+    raise ValueError("nothing works")
+
+
+def test_a_simulator_that_raises_everywhere_is_not_called_for_every_row(theta, tmp_path):
+    sim = functools.partial(_seedless_always_fails_logged, log_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="every row raised"):
+        simulate(sim, theta, progress=False, max_retries=0)
+    # bisection down to ISOLATION_GIVE_UP single rows, then the rest is given up unrun
+    from snpse_np.simulate import ISOLATION_GIVE_UP
+    assert calls(tmp_path) < 4 * ISOLATION_GIVE_UP + 10 < 999
+
+
+def complex_output(theta):
+    return theta.astype(complex) * 1j
+
+
+def test_complex_output_is_an_error_not_a_cast(theta):
+    with pytest.raises(ValueError, match="complex"):
+        simulate(complex_output, theta, progress=False)
 
 
 def test_failures_are_summarised_on_the_progress_line(theta, capsys):
@@ -172,7 +223,7 @@ def test_failures_are_summarised_on_the_progress_line(theta, capsys):
     simulate(fails_on_mark, theta, chunk_size=100, seed=0, max_retries=0)
     err = capsys.readouterr().err
     assert "5/5 chunks" in err and "1 failed" in err
-    assert "first error: chunk 0 (rows 0:100): RuntimeError: marked row" in err
+    assert "first error: chunk 0 (rows 0:100), row 0: RuntimeError: marked row" in err
 
 
 def test_transient_failures_are_retried_until_they_succeed(theta, pool, tmp_path):
