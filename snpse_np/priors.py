@@ -13,12 +13,16 @@ Every prior exposes
                                   prior mass (the truncated prior of TSNPSE draws its candidates so
                                   when the region is a speck of the prior).
 
-Shapes: ``theta`` is (n, d) or (d,) (treated as one row).
+Shapes: ``theta`` is (n, d) or (d,) (treated as one row). Rows with NaN are outside every
+support: ``log_prob`` gives them ``-inf`` (never NaN) and ``support_contains`` False.
+Parameters are checked when the prior is built: finite, real, and of agreeing shapes (a scalar
+``scale`` is spread over every dimension of ``loc``; two vectors must have the same length).
 """
 import math
 
 import numpy as np
 
+from .checks import integer, real_array
 from .rng import as_generator
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -30,12 +34,33 @@ def _normal_cdf(z):
 
 
 def _as_vector(value, name):
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    arr = np.atleast_1d(real_array(value, name))
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {np.shape(value)}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {arr}")
     return arr
+
+
+def _loc_scale(loc, scale, kind):
+    """(loc, scale) as (d,) vectors: equal shapes, or one of them a scalar spread over the other."""
+    loc_v, scale_v = _as_vector(loc, "loc"), _as_vector(scale, "scale")
+    if loc_v.shape != scale_v.shape:
+        if np.ndim(scale) == 0:
+            scale_v = np.full(loc_v.shape, scale_v[0])
+        elif np.ndim(loc) == 0:
+            loc_v = np.full(scale_v.shape, loc_v[0])
+        else:
+            raise ValueError(f"{kind}: loc and scale must have the same shape (or one be a scalar), "
+                             f"got {loc_v.shape} and {scale_v.shape}")
+    if np.any(scale_v <= 0):
+        raise ValueError(f"{kind} needs scale > 0, got {scale_v.tolist()}")
+    return loc_v, scale_v
+
+
+def _nan_rows_out(theta, lp):
+    """-inf for rows with a NaN or inf (outside every support), so log_prob never returns NaN."""
+    return np.where(np.isfinite(theta).all(axis=1), lp, -np.inf)
 
 
 class Prior:
@@ -46,7 +71,7 @@ class Prior:
     high: np.ndarray
 
     def _rows(self, theta):
-        theta = np.asarray(theta, dtype=np.float64)
+        theta = real_array(theta, "theta")
         if theta.ndim == 1:
             theta = theta[None, :]
         if theta.ndim != 2 or theta.shape[1] != self.dim:
@@ -92,9 +117,7 @@ class Prior:
 
     @staticmethod
     def _count(n):
-        if int(n) != n or n < 0:
-            raise ValueError(f"number of samples must be a non-negative int, got {n!r}")
-        return int(n)
+        return integer(n, "number of samples", minimum=0)
 
 
 class BoxUniform(Prior):
@@ -134,10 +157,7 @@ class Normal(Prior):
     """Independent normal: theta_j ~ N(loc_j, scale_j^2) (scale is the standard deviation)."""
 
     def __init__(self, loc, scale):
-        self.loc = _as_vector(loc, "loc")
-        self.scale = _as_vector(scale, "scale") * np.ones_like(self.loc)
-        if np.any(self.scale <= 0):
-            raise ValueError("Normal needs scale > 0")
+        self.loc, self.scale = _loc_scale(loc, scale, "Normal")
         self.dim = self.loc.size
         self.low = np.full(self.dim, -np.inf)
         self.high = np.full(self.dim, np.inf)
@@ -157,7 +177,8 @@ class Normal(Prior):
     def log_prob(self, theta):
         theta = self._rows(theta)
         z = (theta - self.loc) / self.scale
-        return -0.5 * np.sum(z * z, axis=1) - np.sum(np.log(self.scale)) - 0.5 * self.dim * _LOG_2PI
+        return _nan_rows_out(theta, -0.5 * np.sum(z * z, axis=1) - np.sum(np.log(self.scale))
+                             - 0.5 * self.dim * _LOG_2PI)
 
     def __repr__(self):
         return f"Normal(loc={self.loc.tolist()}, scale={self.scale.tolist()})"
@@ -167,10 +188,7 @@ class LogNormal(Prior):
     """Independent log-normal: log theta_j ~ N(loc_j, scale_j^2); support (0, inf)."""
 
     def __init__(self, loc, scale):
-        self.loc = _as_vector(loc, "loc")
-        self.scale = _as_vector(scale, "scale") * np.ones_like(self.loc)
-        if np.any(self.scale <= 0):
-            raise ValueError("LogNormal needs scale > 0")
+        self.loc, self.scale = _loc_scale(loc, scale, "LogNormal")
         self.dim = self.loc.size
         self.low = np.zeros(self.dim)
         self.high = np.full(self.dim, np.inf)
@@ -215,12 +233,17 @@ class MultivariateNormal(Prior):
         self.dim = self.mean.size
         if (cov is None) == (precision is None):
             raise ValueError("MultivariateNormal needs exactly one of cov or precision")
-        mat = np.asarray(cov if cov is not None else precision, dtype=np.float64)
+        mat = real_array(cov if cov is not None else precision, "covariance/precision")
         if mat.shape != (self.dim, self.dim):
             raise ValueError(f"covariance/precision must have shape ({self.dim}, {self.dim}), got {mat.shape}")
+        if not np.all(np.isfinite(mat)):
+            raise ValueError("covariance/precision must be finite (it holds NaN or inf)")
         if not np.allclose(mat, mat.T):
             raise ValueError("covariance/precision must be symmetric")
-        self.cov = mat if cov is not None else np.linalg.inv(mat)
+        try:
+            self.cov = mat if cov is not None else np.linalg.inv(mat)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("precision must be positive definite (it is singular)") from err
         self.cov = 0.5 * (self.cov + self.cov.T)
         try:
             self._chol = np.linalg.cholesky(self.cov)
@@ -237,8 +260,11 @@ class MultivariateNormal(Prior):
     def log_prob(self, theta):
         theta = self._rows(theta)
         # Solve L y = (theta - mean)^T so that |y|^2 is the Mahalanobis distance.
-        y = np.linalg.solve(self._chol, (theta - self.mean).T)
-        return -0.5 * np.sum(y * y, axis=0) - 0.5 * self._log_det - 0.5 * self.dim * _LOG_2PI
+        # rows with NaN/inf are set aside first: the solve would turn inf into NaN
+        bad = ~np.isfinite(theta).all(axis=1)
+        y = np.linalg.solve(self._chol, (np.where(bad[:, None], 0.0, theta) - self.mean).T)
+        lp = -0.5 * np.sum(y * y, axis=0) - 0.5 * self._log_det - 0.5 * self.dim * _LOG_2PI
+        return np.where(bad, -np.inf, lp)
 
     def __repr__(self):
         return f"MultivariateNormal(mean={self.mean.tolist()}, dim={self.dim})"

@@ -20,11 +20,15 @@ VP: beta(t) = b_min + t (b_max - b_min), f = -beta/2, g = sqrt(beta),
 sub-VP: same drift and alpha, g = sqrt(beta (1 - alpha_t^4)), sigma_t = 1 - alpha_t^2. Base N(0, I).
 
 ``t_min`` is the smallest training time (1e-4 in the paper's code); samplers stop there too.
+Every parameter must be a finite real number (``beta_max=inf`` would train and sample NaN;
+``sigma_min=nan`` would fail much later, in training).
 """
+import inspect
 import math
 
 import numpy as np
 
+from .checks import real
 from .rng import as_generator
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -35,9 +39,10 @@ class SDE:
     T = 1.0
 
     def __init__(self, t_min=1e-4):
+        t_min = real(t_min, "t_min")
         if not 0.0 < t_min < 1.0:
             raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
-        self.t_min = float(t_min)
+        self.t_min = t_min
 
     def prior_sample(self, n, d, seed=None):
         """(n, d) draws from the base N(0, prior_std^2 I)."""
@@ -57,7 +62,7 @@ class SDE:
         return {}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v:g}" for k, v in self._params().items())
+        args = ", ".join(f"{k}={'None' if v is None else format(v, 'g')}" for k, v in self._params().items())
         return f"{type(self).__name__}({args}, t_min={self.t_min:g})"
 
 
@@ -68,12 +73,10 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min=0.01, sigma_max=None, t_min=1e-4):
         super().__init__(t_min)
-        if sigma_min <= 0:
-            raise ValueError("sigma_min must be > 0")
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = None if sigma_max is None else float(sigma_max)
+        self.sigma_min = real(sigma_min, "sigma_min", above=0.0)
+        self.sigma_max = None if sigma_max is None else real(sigma_max, "sigma_max")
         if self.sigma_max is not None and self.sigma_max <= self.sigma_min:
-            raise ValueError("sigma_max must exceed sigma_min")
+            raise ValueError(f"sigma_max must exceed sigma_min, got {self.sigma_max} <= {self.sigma_min}")
 
     def _check(self):
         if self.sigma_max is None:
@@ -107,9 +110,10 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min=0.1, beta_max=11.0, t_min=1e-4):
         super().__init__(t_min)
+        beta_min, beta_max = real(beta_min, "beta_min"), real(beta_max, "beta_max")
         if not 0 <= beta_min < beta_max:
-            raise ValueError("need 0 <= beta_min < beta_max")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min} and {beta_max}")
+        self.beta_min, self.beta_max = beta_min, beta_max
 
     def beta(self, t):
         return self.beta_min + np.asarray(t, dtype=np.float64) * (self.beta_max - self.beta_min)
@@ -154,15 +158,25 @@ SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
 def make_sde(name, **kwargs):
     """An SDE by name ("ve", "vp", "subvp") with keyword parameters."""
     if isinstance(name, SDE):
+        if kwargs:
+            raise ValueError(f"SDE parameters {sorted(kwargs)} were given with an SDE instance {name!r}; "
+                             f"set them on the instance")
         return name
-    if name not in SDES:
+    if not isinstance(name, str) or name not in SDES:
         raise ValueError(f"unknown sde {name!r}; choose from {tuple(SDES)}")
     return SDES[name](**kwargs)
 
 
 def sde_from_config(cfg):
+    """The SDE an ``SDE.config()`` dict describes; ValueError for unknown names or parameters."""
     cfg = dict(cfg)
-    return make_sde(cfg.pop("name"), **cfg)
+    name = cfg.pop("name", None)
+    if not isinstance(name, str) or name not in SDES:
+        raise ValueError(f"unknown sde {name!r}; choose from {tuple(SDES)}")
+    unknown = set(cfg) - set(inspect.signature(SDES[name]).parameters)
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)} for the {name!r} sde")
+    return make_sde(name, **cfg)
 
 
 def max_pairwise_distance(a, block=2048):

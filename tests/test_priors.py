@@ -62,3 +62,46 @@ def test_bad_prior_arguments(make, match):
 def test_wrong_theta_dimension():
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         sn.BoxUniform([0, 0], [1, 1]).log_prob(np.zeros((4, 3)))
+
+
+# ------------------------------------------------------------------ issue 12: shapes, NaN rows
+
+@pytest.mark.parametrize("cls", [sn.Normal, sn.LogNormal])
+def test_loc_and_scale_shapes_must_agree(cls):
+    with pytest.raises(ValueError, match="loc and scale must have the same shape"):
+        cls([0.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="loc and scale must have the same shape"):
+        cls([0.0, 0.0, 0.0], [1.0, 2.0])
+    # a scalar spreads over the other's dimensions, and the density is the product of the marginals
+    p = cls([0.1, -0.2], 0.5)
+    assert p.dim == 2 and np.array_equal(p.scale, [0.5, 0.5])
+    q = cls(0.3, [0.5, 2.0])
+    assert q.dim == 2 and np.array_equal(q.loc, [0.3, 0.3])
+    th = np.array([[0.7, 1.1]])
+    one = [cls([q.loc[j]], [q.scale[j]]).log_prob(th[:, j:j + 1])[0] for j in range(2)]
+    assert q.log_prob(th)[0] == pytest.approx(sum(one), rel=1e-12)
+
+
+@pytest.mark.parametrize("prior", [sn.Normal([0.0, 1.0], [1.0, 2.0]), sn.LogNormal([0.0, 1.0], [1.0, 2.0]),
+                                   sn.BoxUniform([-1.0, -1.0], [1.0, 1.0]),
+                                   sn.MultivariateNormal([0.0, 1.0], cov=[[1.0, 0.3], [0.3, 2.0]])],
+                         ids=lambda p: type(p).__name__)
+def test_rows_with_nan_or_inf_get_minus_inf_not_nan(prior):
+    th = np.array([[0.5, 0.5], [np.nan, 0.5], [0.5, np.inf], [-np.inf, np.nan]])
+    lp = prior.log_prob(th)
+    assert np.isfinite(lp[0]) and np.all(lp[1:] == -np.inf)
+    assert list(prior.support_contains(th)) == [True, False, False, False]
+
+
+def test_covariance_with_inf_or_singular_precision_is_refused():
+    with pytest.raises(ValueError, match="finite"):
+        sn.MultivariateNormal([0.0, 0.0], cov=[[np.inf, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="positive definite"):
+        sn.MultivariateNormal([0.0, 0.0], precision=[[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_complex_parameters_and_theta_are_refused():
+    with pytest.raises(ValueError, match="complex"):
+        sn.Normal([1j], [1.0])
+    with pytest.raises(ValueError, match="complex"):
+        sn.BoxUniform([0.0], [1.0]).log_prob(np.array([[0.5 + 0.1j]]))

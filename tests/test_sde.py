@@ -62,3 +62,31 @@ def test_bad_sde_arguments():
         VESDE(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(RuntimeError, match="sigma_max"):
         VESDE().marginal(0.5)
+
+
+# ------------------------------------------------------------------ issue 12: parameters, repr
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: VESDE(sigma_min=float("nan")), "sigma_min must be finite"),
+    (lambda: VESDE(sigma_max=float("inf")), "sigma_max must be finite"),
+    (lambda: VESDE(sigma_min=-1.0), "sigma_min must be > 0"),
+    (lambda: VPSDE(beta_max=float("inf")), "beta_max must be finite"),
+    (lambda: VPSDE(beta_min=float("nan")), "beta_min must be finite"),
+    (lambda: SubVPSDE(t_min=float("nan")), "t_min must be finite"),
+    (lambda: VPSDE(beta_min="0.1"), "beta_min must be a real number"),
+    (lambda: make_sde(VESDE(), sigma_min=0.1), "given with an SDE instance"),
+])
+def test_nan_inf_and_misplaced_sde_parameters_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_repr_with_sigma_max_unset_and_config_round_trip():
+    from snpse_np.sde import sde_from_config
+    assert repr(VESDE()) == "VESDE(sigma_min=0.01, sigma_max=None, t_min=0.0001)"
+    assert str(VESDE(0.05, 3.0)) == "VESDE(sigma_min=0.05, sigma_max=3, t_min=0.0001)"
+    for sde in (VESDE(0.05, 3.123456789012345), VESDE(), VPSDE(0.2, 9.0, t_min=1e-3), SubVPSDE()):
+        again = sde_from_config(sde.config())
+        assert type(again) is type(sde) and again.config() == sde.config()
+    with pytest.raises(ValueError, match="unknown parameters"):
+        sde_from_config(dict(name="ve", sigma_min=0.1, beta_max=3.0))
