@@ -11,7 +11,16 @@ Variants:
                             a RawModule loss with a block reduction + one atomic add per block),
                             with a GPU only.
   4. ``numba_cuda``         the numba.cuda kernels (snpse_np.backends._cuda_kernels), same
-                            scheme as 3, launched on CuPy arrays; with a GPU only.
+                            scheme as 3, on CuPy arrays through backends.cuda.numba_ops():
+                            device views made once per buffer, eager compilation, CuPy's
+                            stream, argument blocks marshalled once ("prepared"); GPU only.
+  5. ``numba_cuda_dispatcher``   the same kernels and views through numba's reused configured
+                            launch objects; GPU only.
+  6. ``numba_cuda_v0_interface`` the same kernels, every CuPy array converted through the CUDA
+                            array interface at each launch (what the H100 runs measured at
+                            0.21-0.29 ms a call); GPU only.
+  Variants 3-6 side by side decide backends.cuda.LOSS_SAMPLER_KERNELS (numba ships only if at
+  least as fast as prod_cuda).
 
 Run: ``PYTHONPATH=. python kernels/dsm_loss.py``.
 """

@@ -13,6 +13,11 @@ Variants:
                          dispatch; GPU only. Measured on the lent H100 (2026-11-26): 0.039 ms vs
                          prod_cuda's 0.037 ms at 256x256x256, 0.070 vs 0.069 ms at 10000x256x256:
                          no gain, so the package keeps cupy.matmul.
+  4. ``cuda_v2_tf32``    backends.cuda.matmul_tf32: one cublasGemmEx with TF32 tensor-core
+                         compute for float32 (float64 unchanged); GPU only. Validated against
+                         the float32 reference at TF32's tolerance (op ``matmul_tf32``).
+                         Prepared, not the default: its C2ST effect is measured first
+                         (kernels/gpu_profile.py e2e_tf32).
 
 Run: ``PYTHONPATH=. python kernels/matmul.py``.
 """
@@ -26,12 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kernels.common import Case, Variant, gpu_available, namespace, nbytes, prod_variants, run_lab  # noqa: E402
 from snpse_np.backends import numpy_ref  # noqa: E402
 
-OPS = ("matmul",)
+OPS = ("matmul", "matmul_tf32")  # the same product; matmul_tf32 is checked at TF32's tolerance
 # (m, k, n, layout): layout "nn" a @ b, "tn" a is h.T (h C-contiguous (k, m)), "nt" b is W.T
 TINY_SIZES = [(1, 5, 3, "nn"), (7, 29, 13, "tn"), (33, 19, 1, "nt"), (5, 1, 4, "nn"), (9, 6, 11, "tn")]
 TIMING_SIZES = [(256, 256, 256, "nn"), (256, 256, 256, "tn"), (256, 256, 256, "nt"), (256, 5, 256, "nn"),
                 (10_000, 256, 256, "nn")]
 QUICK_SIZES = [(256, 256, 256, "tn"), (10_000, 256, 256, "nn")]  # bench_all --quick: a training and a sampling GEMM
+
+
+REFERENCE = namespace(matmul=numpy_ref.matmul, matmul_tf32=numpy_ref.matmul)
 
 
 def make_case(op, size, dtype, rng):
@@ -81,7 +89,10 @@ def _cublas_matmul(out, a, b):
 def _cuda_variants():
     if not gpu_available():
         return {}
-    return {"cuda_v1_cublas": Variant(namespace(matmul=_cublas_matmul), xp="cupy", note="direct cuBLAS call")}
+    from snpse_np.backends import cuda as cuda_backend
+    return {"cuda_v1_cublas": Variant(namespace(matmul=_cublas_matmul), xp="cupy", note="direct cuBLAS call"),
+            "cuda_v2_tf32": Variant(namespace(matmul_tf32=cuda_backend.matmul_tf32), xp="cupy",
+                                    note="cublasGemmEx, TF32 compute")}
 
 
 VARIANTS = {

@@ -9,7 +9,11 @@ Variants:
   1. ``prod``               snpse_np.backends.numba_cpu: one pass (two for langevin: norms, update).
   2. ``numba_v1_parallel``  prange over rows (2 threads here).
   3. ``prod_cuda``          snpse_np.backends.cuda (CuPy ElementwiseKernels / RawModule), GPU only.
-  4. ``numba_cuda``         the numba.cuda kernels (snpse_np.backends._cuda_kernels), GPU only.
+  4. ``numba_cuda``         the numba.cuda kernels (snpse_np.backends._cuda_kernels) through
+                            backends.cuda.numba_ops() (prepared launches), GPU only.
+  5. ``numba_cuda_dispatcher``   the same through numba's configured launch objects, GPU only.
+  6. ``numba_cuda_v0_interface`` the same, CuPy arrays converted at every launch (the old way),
+                            GPU only. 3-6 side by side decide backends.cuda.LOSS_SAMPLER_KERNELS.
 
 Run: ``PYTHONPATH=. python kernels/sampler_step.py``.
 """

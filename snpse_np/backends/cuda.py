@@ -1,24 +1,47 @@
 """The GPU backend: numpy_ref's ops on CuPy arrays.
 
-- GEMMs: ``matmul`` is cupy.matmul (cuBLAS).
+- GEMMs: ``matmul`` is cupy.matmul (cuBLAS, float32 arithmetic). ``matmul_tf32`` (TF32 tensor
+  cores for float32, one direct cublasGemmEx call) is prepared but is not an op and is not
+  used by default: its effect on C2ST must be measured on a GPU first (``make_ops(matmul="tf32")``
+  builds the ops that use it; kernels/gpu_profile.py e2e compares both).
 - MLP elementwise work and the optimiser: CuPy ``ElementwiseKernel``s, one per (op, activation,
   in place or not), built on first use (CuPy compiles per dtype and caches on disk):
   ``bias_act_forward``, ``act_backward``, ``act_tangent``, ``adam_step``, ``ema_update``,
   ``sinusoidal_embedding``; ``bias_grad`` is ``cupy.sum(axis=0, out=)``.
-- Loss and sampler steps: ``dsm_perturb``, ``affine_step`` and the Langevin update as
-  ElementwiseKernels (per-row coefficients read as raw arrays), ``dsm_loss``, the Langevin
-  norms and ``trace_rows`` as one templated RawModule (block reductions in float64, one atomic
-  add per block). The numba.cuda kernels of ``_cuda_kernels`` compute the same and stay in the
-  kernel lab (variant ``numba_cuda``): their launches cost 300-500 us each from Python on an
-  H100 against ~10 us for a CuPy launch, so the package ships the CuPy ones.
+- Loss and sampler steps (``dsm_perturb``, ``dsm_loss``, ``affine_step``, ``langevin_step``,
+  ``trace_rows``): two implementations of the same maths, chosen by the measured switch
+  ``LOSS_SAMPLER_KERNELS``:
+  "cupy": ElementwiseKernels (per-row coefficients read as raw arrays), and one templated
+  RawModule (block reductions in float64, one atomic add per block) for the loss, the
+  Langevin norms and the trace;
+  "numba": the numba.cuda kernels of ``_cuda_kernels`` launched by ``_cuda_kernels.NumbaLaunches``
+  (device views made once per buffer, no CUDA-array-interface synchronisation, kernels compiled
+  eagerly, CuPy's stream, argument blocks prepared once; ``NUMBA_LAUNCH`` picks how).
+  ``numba_ops()`` returns the numba implementation whatever the switch says (the kernel lab
+  times both side by side).
 
 Imported only when the "cuda" backend is chosen (``backend.get_backend``), so CuPy is imported
-here at module level. Kept thin: the maths is numpy_ref's; this layer's tests are marked ``gpu``.
+here at module level; numba.cuda is imported only when the numba kernels are used (through
+``_numba_cuda.load()``). Kept thin: the maths is numpy_ref's; this layer's tests are marked ``gpu``.
 """
+import functools
+from types import SimpleNamespace
+
 import cupy
 import numpy as np
 
 NAME = "cuda"
+
+# Measured switches (issue 16). Flip them only with the figures of kernels/gpu_check.sh showing
+# the alternative at least as fast on the same GPU (gpu_profile.py "launches" and "phases", the
+# lab's dsm_loss / sampler_step tables), and say so here with the numbers.
+# LOSS_SAMPLER_KERNELS: "cupy" (measured on the lent H100, 2026-11-26: 17-45 us a call against
+# 210-290 us for numba.cuda launched the old way, i.e. converting the CuPy arrays at each call);
+# "numba": the numba.cuda kernels with the launch fixes, not yet measured on a GPU.
+LOSS_SAMPLER_KERNELS = "cupy"
+# NUMBA_LAUNCH (used when LOSS_SAMPLER_KERNELS == "numba"): "prepared" or "dispatcher", see
+# _cuda_kernels.NumbaLaunches; not yet measured on a GPU.
+NUMBA_LAUNCH = "prepared"
 ACTIVATIONS = ("identity", "silu", "relu", "gelu", "tanh")
 
 # Device functions per activation: value F(x) and derivative G(x), templated on the element
@@ -94,6 +117,52 @@ def matmul(out, a, b):
     measured no faster on the lent H100 (0.039 vs 0.037 ms at 256 x 256 x 256).
     """
     cupy.matmul(a, b, out=out)
+
+
+def _gemm_operand(a):
+    # (transpose flag, leading dimension) presenting the row-major (r, c) array a to
+    # column-major cuBLAS as a^T (c x r): C-contiguous memory IS a^T with ld = c; F-contiguous
+    # memory (h.T, W.T in the backward pass) is a column-major with ld = r, so cuBLAS transposes.
+    from cupy_backends.cuda.libs import cublas
+    if a.flags.c_contiguous:
+        return cublas.CUBLAS_OP_N, max(1, a.shape[1])
+    if a.flags.f_contiguous:
+        return cublas.CUBLAS_OP_T, max(1, a.shape[0])
+    raise ValueError("matmul_tf32 takes C- or F-contiguous operands")
+
+
+_CUBLAS_COMPUTE_32F_FAST_TF32 = 77  # cublas_api.h (cuBLAS >= 11)
+_CUDA_R_32F = 0  # library_types.h
+_CUBLAS_GEMM_DEFAULT = -1
+
+
+def matmul_tf32(out, a, b):
+    """out = a @ b as ``matmul``, float32 operands multiplied on the TF32 tensor cores (10-bit
+    mantissas, float32 accumulation: ~3e-4 relative error against float32's ~1e-6); float64
+    operands take cupy.matmul. One cublasGemmEx call on CuPy's handle and current stream; the
+    handle's pointer mode is restored after it. Not an op and not a default: offered only after
+    its C2ST effect is measured on a GPU (make_ops(matmul="tf32"))."""
+    if out.dtype != np.float32:
+        cupy.matmul(a, b, out=out)
+        return
+    from cupy_backends.cuda.libs import cublas
+    if not out.flags.c_contiguous:
+        raise ValueError("matmul_tf32 writes a C-contiguous out")
+    op_a, lda = _gemm_operand(a)
+    op_b, ldb = _gemm_operand(b)
+    m, k = a.shape
+    n = b.shape[1]
+    one, zero = np.ones((), np.float32), np.zeros((), np.float32)
+    handle = cupy.cuda.device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        # Row-major C = A B is column-major C^T = B^T A^T: an (n x m) product of (n x k), (k x m).
+        cublas.gemmEx(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, _CUDA_R_32F, ldb,
+                      a.data.ptr, _CUDA_R_32F, lda, zero.ctypes.data, out.data.ptr, _CUDA_R_32F, n,
+                      _CUBLAS_COMPUTE_32F_FAST_TF32, _CUBLAS_GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)
 
 
 # ----------------------------------------------------------------------------- MLP layers
@@ -188,9 +257,26 @@ def ema_update(e, p, decay):
 
 
 # ----------------------------------------------------------------------------- loss and sampler steps
-# CuPy kernels. The numba.cuda versions (``_cuda_kernels``, kept in the kernel lab) compute the
-# same, but numba-cuda's launch path cost 300-500 us per call on an H100 (argument conversion of
-# CuPy arrays; measured by kernels/gpu_profile.py), 20-50x the kernels' own time.
+# CuPy kernels below; the numba.cuda ones (``_cuda_kernels``) serve the same ops when
+# LOSS_SAMPLER_KERNELS == "numba". Launched the old way (the CuPy arrays converted through the
+# CUDA array interface at each call) numba.cuda cost 300-500 us per call on an H100, 20-50x the
+# kernels' own time; NumbaLaunches removes those conversions (module docstring of _cuda_kernels).
+
+
+@functools.lru_cache(maxsize=None)
+def numba_ops(mode=None):
+    """The loss and sampler ops as numba.cuda launches (``_cuda_kernels.NumbaLaunches``), built
+    once per mode (kernels compiled on the first call: seconds, or a disk-cache load).
+    mode: "prepared" or "dispatcher" (None: NUMBA_LAUNCH)."""
+    from ._numba_cuda import load
+    return load().NumbaLaunches(mode or NUMBA_LAUNCH)
+
+
+def _numba_serves():
+    if LOSS_SAMPLER_KERNELS not in ("cupy", "numba"):
+        raise ValueError(f"LOSS_SAMPLER_KERNELS must be 'cupy' or 'numba', got {LOSS_SAMPLER_KERNELS!r}")
+    return LOSS_SAMPLER_KERNELS == "numba"
+
 
 _ROW = "int r = i / d;"  # i: flat index into the (B, d) output in C order; r its row
 
@@ -283,14 +369,21 @@ def _grid(n):
     return (max(1, (int(n) + _TPB - 1) // _TPB),)
 
 
-def dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in):
+def _cupy_dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in):
     """theta_in = c_in * (alpha * theta0 + sigma * z), row-wise scalars (B,)."""
     k = _simple("snpse_dsm_perturb", "T theta0, T z, raw T alpha, raw T sigma, raw T c_in, int32 d", "T theta_in",
                 _ROW + "theta_in = c_in[r] * (alpha[r] * theta0 + sigma[r] * z);")
     k(theta0, z, alpha, sigma, c_in, np.int32(theta0.shape[1]), theta_in)
 
 
-def dsm_loss(dout, out, z, c):
+def dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in):
+    """theta_in = c_in * (alpha * theta0 + sigma * z), row-wise scalars (B,)."""
+    if _numba_serves():
+        return numba_ops().dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in)
+    return _cupy_dsm_perturb(theta_in, theta0, z, alpha, sigma, c_in)
+
+
+def _cupy_dsm_loss(dout, out, z, c):
     """Denoising score-matching loss (noise-prediction form); returns the batch loss (a host float)."""
     _contiguous(dout, out, z, c)
     B, d = out.shape
@@ -299,14 +392,28 @@ def dsm_loss(dout, out, z, c):
     return float(acc.get()[0]) / out.size
 
 
-def affine_step(theta, a, score, b, noise, c):
+def dsm_loss(dout, out, z, c):
+    """Denoising score-matching loss (noise-prediction form); returns the batch loss (a host float)."""
+    if _numba_serves():
+        return numba_ops().dsm_loss(dout, out, z, c)
+    return _cupy_dsm_loss(dout, out, z, c)
+
+
+def _cupy_affine_step(theta, a, score, b, noise, c):
     """theta = a theta + b score + c noise with per-row coefficients a, b, c: (B,)."""
     k = _simple("snpse_affine_step", "raw T a, T score, raw T b, T noise, raw T c, int32 d", "T theta",
                 _ROW + "theta = a[r] * theta + (b[r] * score + c[r] * noise);")
     k(a, score, b, noise, c, np.int32(theta.shape[1]), theta)
 
 
-def langevin_step(theta, score, noise, snr, alpha):
+def affine_step(theta, a, score, b, noise, c):
+    """theta = a theta + b score + c noise with per-row coefficients a, b, c: (B,)."""
+    if _numba_serves():
+        return numba_ops().affine_step(theta, a, score, b, noise, c)
+    return _cupy_affine_step(theta, a, score, b, noise, c)
+
+
+def _cupy_langevin_step(theta, score, noise, snr, alpha):
     """Langevin corrector with the batch-mean signal-to-noise step size (see numpy_ref); the norms
     are reduced on the device and the update reads them there (no host round trip)."""
     _contiguous(score, noise)
@@ -321,9 +428,54 @@ def langevin_step(theta, score, noise, snr, alpha):
     k(score, noise, acc, float(snr), float(alpha), np.int32(B), theta)
 
 
-def trace_rows(out, tangent_out, tangent_in):
+def langevin_step(theta, score, noise, snr, alpha):
+    """Langevin corrector with the batch-mean signal-to-noise step size (see numpy_ref); the norms
+    are reduced on the device and the update reads them there (no host round trip)."""
+    if _numba_serves():
+        return numba_ops().langevin_step(theta, score, noise, snr, alpha)
+    return _cupy_langevin_step(theta, score, noise, snr, alpha)
+
+
+def _cupy_trace_rows(out, tangent_out, tangent_in):
     """out_i = sum_k <tangent_in[k, i], tangent_out[k, i]>; out: (B,), tangents: (K, B, d)."""
     _contiguous(out, tangent_out, tangent_in)
     K, B, d = tangent_out.shape
     _raw("trace_rows", out.dtype)(_grid(B), (_TPB,), (out, tangent_out, tangent_in, np.int32(K), np.int32(B),
                                                       np.int32(d)))
+
+
+def trace_rows(out, tangent_out, tangent_in):
+    """out_i = sum_k <tangent_in[k, i], tangent_out[k, i]>; out: (B,), tangents: (K, B, d)."""
+    if _numba_serves():
+        return numba_ops().trace_rows(out, tangent_out, tangent_in)
+    return _cupy_trace_rows(out, tangent_out, tangent_in)
+
+
+# ----------------------------------------------------------------------------- op sets for side-by-side runs
+
+_OPS = ("matmul", "act_value", "act_grad", "bias_act_forward", "act_backward", "act_tangent", "bias_grad",
+        "sinusoidal_embedding", "adam_step", "ema_update", "dsm_perturb", "dsm_loss", "affine_step",
+        "langevin_step", "trace_rows")
+_LOSS_SAMPLER_OPS = ("dsm_perturb", "dsm_loss", "affine_step", "langevin_step", "trace_rows")
+
+
+def make_ops(loss_sampler=None, matmul="float32", numba_mode=None):
+    """A namespace with every op of this module, some swapped, for a ``backend.Backend`` built
+    side by side with the default one (the kernel lab, kernels/gpu_profile.py):
+    loss_sampler "cupy" / "numba" (None: LOSS_SAMPLER_KERNELS), matmul "float32" / "tf32".
+    The module's own functions stay the package's default."""
+    if matmul not in ("float32", "tf32"):
+        raise ValueError(f"matmul must be 'float32' or 'tf32', got {matmul!r}")
+    loss_sampler = loss_sampler or LOSS_SAMPLER_KERNELS
+    if loss_sampler not in ("cupy", "numba"):
+        raise ValueError(f"loss_sampler must be 'cupy' or 'numba', got {loss_sampler!r}")
+    g = globals()
+    ops = {name: g[name] for name in _OPS}
+    if matmul == "tf32":
+        ops["matmul"] = matmul_tf32
+    if loss_sampler == "numba":
+        nb = numba_ops(numba_mode)
+        ops.update({name: getattr(nb, name) for name in _LOSS_SAMPLER_OPS})
+    else:
+        ops.update({name: g["_cupy_" + name] for name in _LOSS_SAMPLER_OPS})
+    return SimpleNamespace(NAME=NAME, ACTIVATIONS=ACTIVATIONS, **ops)
