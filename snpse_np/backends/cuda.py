@@ -263,13 +263,17 @@ def ema_update(e, p, decay):
 # kernels' own time; NumbaLaunches removes those conversions (module docstring of _cuda_kernels).
 
 
-@functools.lru_cache(maxsize=None)
 def numba_ops(mode=None):
     """The loss and sampler ops as numba.cuda launches (``_cuda_kernels.NumbaLaunches``), built
     once per mode (kernels compiled on the first call: seconds, or a disk-cache load).
     mode: "prepared" or "dispatcher" (None: NUMBA_LAUNCH)."""
+    return _numba_ops(mode or NUMBA_LAUNCH)
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_ops(mode):
     from ._numba_cuda import load
-    return load().NumbaLaunches(mode or NUMBA_LAUNCH)
+    return load().NumbaLaunches(mode)
 
 
 def _numba_serves():
@@ -453,9 +457,6 @@ def trace_rows(out, tangent_out, tangent_in):
 
 # ----------------------------------------------------------------------------- op sets for side-by-side runs
 
-_OPS = ("matmul", "act_value", "act_grad", "bias_act_forward", "act_backward", "act_tangent", "bias_grad",
-        "sinusoidal_embedding", "adam_step", "ema_update", "dsm_perturb", "dsm_loss", "affine_step",
-        "langevin_step", "trace_rows")
 _LOSS_SAMPLER_OPS = ("dsm_perturb", "dsm_loss", "affine_step", "langevin_step", "trace_rows")
 
 
@@ -469,8 +470,10 @@ def make_ops(loss_sampler=None, matmul="float32", numba_mode=None):
     loss_sampler = loss_sampler or LOSS_SAMPLER_KERNELS
     if loss_sampler not in ("cupy", "numba"):
         raise ValueError(f"loss_sampler must be 'cupy' or 'numba', got {loss_sampler!r}")
+    from . import numpy_ref  # its public functions are the op list (tests/test_ops.py checks this module has them)
     g = globals()
-    ops = {name: g[name] for name in _OPS}
+    ops = {name: g[name] for name, f in vars(numpy_ref).items()
+           if callable(f) and not name.startswith("_") and getattr(f, "__module__", None) == numpy_ref.__name__}
     if matmul == "tf32":
         ops["matmul"] = matmul_tf32
     if loss_sampler == "numba":
