@@ -6,10 +6,11 @@
 #      GPU" checks, whether the sbibm reference files for the end-to-end C2ST are in the checkout;
 #   2. pytest -m gpu: every op on the cuda backend against numpy_ref, training and sampling on
 #      cuda against numpy, the numba.cuda loss/sampler path in both launch modes, TF32 GEMM;
-#   3. kernels/gpu_profile.py in one process: the lab's fused network, fused training step and
+#   3. kernels/gpu_profile.py: the host cost of one launch each way; launches per loop (CUPTI)
+#      and time per launch; step phases; whether the package's CuPy loops can be captured as a
+#      graph; then, in a second process, the lab's fused network, fused training step and
 #      trajectory kernels validated then timed beside today's CuPy path and PyTorch eager and
-#      CUDA graph; the host cost of one launch each way; launches per loop (CUPTI) and time per
-#      launch; step phases; whether the package's CuPy loops can be captured as a graph;
+#      CUDA graph (each kernel compiled once there);
 #   4. end to end: two_moons 10k trained on cuda with the default settings (training capped at
 #      40 s; the stop reason is printed), 10,000 samples, C2ST when the reference is present;
 #   5. the kernel table (numpy, the CuPy ops, the numba.cuda ops three ways, direct cuBLAS, TF32);
@@ -97,8 +98,9 @@ for t in ('two_moons', 'slcp'):
   else
     step "pytest -m gpu" 75 python -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py tests/test_backend_e2e.py \
       tests/test_cuda_gpu.py
-    step "gpu_profile: lab, launches, loops, phases, graphs" 100 python kernels/gpu_profile.py \
-      --sections lab launches loops phases graphs
+    step "gpu_profile: launches, loops, graphs, phases" 75 python kernels/gpu_profile.py \
+      --sections launches loops graphs phases
+    step "gpu_profile: the lab on the GPU (validation, then timing)" 90 python kernels/gpu_profile.py --sections lab
     step "end to end: two_moons 10k, default training (capped 40 s)" 70 python kernels/gpu_profile.py --sections e2e \
       --max-seconds 40
     step "kernel table" 35 python kernels/bench_all.py --quick --no-e2e --no-trajectory \
