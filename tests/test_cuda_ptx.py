@@ -1,5 +1,6 @@
-"""Compile-only checks of the GPU code without a GPU: every numba.cuda kernel to PTX for sm_90 and
-through ptxas (registers, shared memory, spills), and the CuPy RawModule source through nvcc.
+"""Checks of the GPU code without a GPU: every numba.cuda kernel compiled to PTX for sm_90 and
+through ptxas (registers, shared memory, spills), the CuPy RawModule source through nvcc, and
+numba.cuda imported only through the package's loader (no import patches numpy).
 
 The CUDA simulator runs kernels as Python, so it never types them: a kernel can pass every
 simulator test and still fail to compile for the device (seen while writing the fused kernels:
@@ -141,3 +142,26 @@ def test_cupy_raw_module_source_compiles_for_sm90(tmp_path):
     r = subprocess.run([NVCC, "-ptx", "-arch=sm_90", "--std=c++11", str(cu), "-o", str(tmp_path / "cuda_py.ptx")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_numba_cuda_loads_through_the_loader_only():
+    """Importing the kernels module directly on a numpy without row_stack (numpy >= 2.5) fails
+    and names the loader; the loader adds the alias and imports them; importing snpse_np or the
+    cuda backend's neighbours patches nothing."""
+    code = ("import numpy, sys\n"
+            "had = hasattr(numpy, 'row_stack')\n"
+            "if had: del numpy.row_stack\n"
+            "import snpse_np, snpse_np.backends.numpy_ref, snpse_np.backends._numba_cuda\n"
+            "assert not hasattr(numpy, 'row_stack'), 'an import patched numpy'\n"
+            "try:\n"
+            "    import snpse_np.backends._cuda_kernels\n"
+            "    raise SystemExit('imported without the loader')\n"
+            "except ImportError as e:\n"
+            "    assert '_numba_cuda.load()' in str(e), e\n"
+            "from snpse_np.backends._numba_cuda import load\n"
+            "nk = load()\n"
+            "assert numpy.row_stack is numpy.vstack and hasattr(nk, 'NumbaLaunches')\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
