@@ -16,7 +16,7 @@ integrating (theta, Delta) forward in time, with div v = d f(t) - g(t)^2 Tr(ds/d
 Tr(ds/dtheta) = (c_in / c_out) Tr(d net / d theta_in), the latter either exact (d forward-mode
 tangents e_k through the network) or the Hutchinson estimate v . (J v) with Rademacher v.
 
-Shapes: theta (B, d), per-row times t (B,), x conditioning rows xc (1, h0).
+Shapes: theta (B, d), per-row times t (B,), x conditioning rows xc (1, h0) or (B, h0) (one per row).
 """
 import numpy as np
 
@@ -41,7 +41,8 @@ _DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 
 
 
 class ScoreField:
-    """The score model bound to parameters and one observation, for a batch of B rows.
+    """The score model bound to parameters and one observation (xc (1, h0)), or one x part per
+    row (xc (B, h0): ``ScorePosterior.sample_batched`` and the i.i.d. trials), for a batch of B rows.
 
     ``score(theta, t)``, ``velocity(theta, t)`` and ``velocity_div(theta, t)`` evaluate the
     network on the backend; t is one float (the same time for every row: the fixed-step
@@ -53,6 +54,9 @@ class ScoreField:
     def __init__(self, model, backend, params, xc, batch, dtype, divergence=None, seed=None):
         from .rng import as_generator
         self.model, self.backend, self.xc = model, backend, xc
+        if xc.shape[0] not in (1, batch):
+            raise ValueError(f"xc must have 1 or {batch} rows (one per row of the batch), got {xc.shape[0]}")
+        self.per_row_x = xc.shape[0] != 1 or batch == 1
         self.net, self.sde = model.net, model.sde
         self.params = self.net.views(params)  # built once: the loops below reuse them
         self.dtype = dtype
@@ -106,7 +110,8 @@ class ScoreField:
             else:
                 xp.multiply(theta[s:e], c_in_d[s:e, None], out=theta_in)
                 tau_c = tau_d[s:e]
-            out = self.net.forward(self.backend, self.params, theta_in, tau_c, ws, xc=self.xc)
+            xc = self.xc[s:e] if self.per_row_x else self.xc  # per-row x parts follow the chunk
+            out = self.net.forward(self.backend, self.params, theta_in, tau_c, ws, xc=xc)
             if self.out is None:
                 return out, c_in, c_out
             self.out[s:e] = out
