@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from .backend import get_backend
+from .checks import integer, real, real_array
 from .nn import ScoreNetwork
 from .optim import Adam
 from .posterior import ScorePosterior
@@ -36,14 +37,19 @@ TRAIN_DEFAULTS = dict(max_epochs=2000, batch_size=128, learning_rate=5e-4, valid
                       min_steps_per_epoch=100)
 
 
-def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True):
+def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True, prior=None, allow_outside_prior=False):
     """Validate a (theta, x) batch and drop rows with NaN/inf x. Returns (theta, x, n_dropped).
 
-    theta: (n, d), x: (n, p). Raises ValueError naming the problem for wrong shapes,
-    mismatched row counts, empty data or non-finite theta.
+    theta: (n, d), x: (n, p). Raises ValueError naming the problem for wrong shapes, mismatched
+    row counts, empty data, 0 columns, complex or non-finite theta, theta outside the support of
+    ``prior`` (unless ``allow_outside_prior``: simulations from a wider proposal on purpose) and
+    columns whose values overflow the z-scoring (a value near 1e300 would zero its column).
+    Warns (RuntimeWarning), naming the column, when a column of theta or x is constant: a constant
+    theta column cannot be learnt (its samples would spread by the network's error), a constant x
+    column carries no information (and ``ScorePosterior`` refuses an x that differs there).
     """
-    theta = np.asarray(theta, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
+    theta = real_array(theta, "theta")
+    x = real_array(x, "x")
     if theta.ndim == 1 and dim_theta == 1:
         theta = theta[:, None]
     if x.ndim == 1 and dim_x == 1:
@@ -56,6 +62,8 @@ def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True):
         raise ValueError(f"theta and x must have the same number of rows, got {theta.shape[0]} and {x.shape[0]}")
     if theta.shape[0] == 0:
         raise ValueError("no simulations given (theta and x have 0 rows)")
+    if theta.shape[1] == 0 or x.shape[1] == 0:
+        raise ValueError(f"theta and x need at least one column each, got shapes {theta.shape} and {x.shape}")
     if dim_theta is not None and theta.shape[1] != dim_theta:
         raise ValueError(f"theta has {theta.shape[1]} columns, expected dim_theta = {dim_theta}")
     if dim_x is not None and x.shape[1] != dim_x:
@@ -70,6 +78,26 @@ def check_data(theta, x, dim_theta=None, dim_x=None, exclude_invalid=True):
         theta, x = theta[ok], x[ok]
         if theta.shape[0] == 0:
             raise ValueError(f"all {n_bad} simulations have NaN or inf in x: nothing left to train on")
+    if prior is not None and not allow_outside_prior:
+        inside = prior.support_contains(theta) if hasattr(prior, "support_contains") else \
+            np.isfinite(prior.log_prob(theta))
+        if not np.all(inside):
+            i = int(np.flatnonzero(~inside)[0])
+            raise ValueError(f"{int((~inside).sum())} rows of theta lie outside the prior's support "
+                             f"(first: row {i}, {theta[i].tolist()}); the posterior is zero there. "
+                             f"Pass allow_outside_prior=True if they come from a wider proposal on purpose")
+    for name, a in (("theta", theta), ("x", x)):
+        try:
+            constant = Standardizer.fit(a).constant
+        except ValueError as err:  # "column j ... overflow"
+            raise ValueError(f"{name} {err}") from None
+        if a.shape[0] > 1:
+            for j in np.flatnonzero(constant):
+                what = ("it cannot be learnt (its posterior samples would spread by the network's error): "
+                        "fix that parameter instead of inferring it" if name == "theta" else
+                        "it carries no information, and an observation that differs there will be refused")
+                warnings.warn(f"{name} column {j} (0-based) is constant ({a[0, j]:.6g}) in these {a.shape[0]} "
+                              f"simulations: {what}", RuntimeWarning, stacklevel=3)
     return theta, x, n_bad
 
 
@@ -125,17 +153,21 @@ class NPSE:
     def __init__(self, prior, sde="ve", backend=None, seed=0, hidden=256, activation="silu",
                  precondition="noise", time_input="sigma", floor=0.1, dtype=np.float32, show_progress=True,
                  **sde_kwargs):
-        if not hasattr(prior, "dim") or not hasattr(prior, "log_prob"):
+        if not all(hasattr(prior, a) for a in ("dim", "sample", "log_prob")):
             raise ValueError("prior must be a snpse_np prior (with dim, sample, log_prob)")
+        integer(prior.dim, "prior.dim", minimum=1)
         self.prior = prior
         self.sde = make_sde(sde, **sde_kwargs)
         self.backend = get_backend(backend)
         self.rng = as_generator(seed)
-        self.hidden = int(hidden)
+        self.hidden = integer(hidden, "hidden", minimum=1)
+        from .backends.numpy_ref import ACTIVATIONS
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {ACTIVATIONS}")
         self.activation = activation
         self.precondition = precondition
         self.time_input = time_input
-        self.floor = floor
+        self.floor = real(floor, "floor", at_least=0.0)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError("dtype must be float32 or float64")
@@ -148,10 +180,12 @@ class NPSE:
 
     # ------------------------------------------------------------------ data
 
-    def append_simulations(self, theta, x, exclude_invalid_x=True):
-        """Add simulations; rows whose x has NaN/inf are dropped and counted (``n_invalid``)."""
+    def append_simulations(self, theta, x, exclude_invalid_x=True, allow_outside_prior=False):
+        """Add simulations; rows whose x has NaN/inf are dropped and counted (``n_invalid``).
+        theta outside the prior's support is refused unless ``allow_outside_prior`` (see ``check_data``)."""
         dim_x = self._x[0].shape[1] if self._x else None
-        theta, x, n_bad = check_data(theta, x, self.prior.dim, dim_x, exclude_invalid_x)
+        theta, x, n_bad = check_data(theta, x, self.prior.dim, dim_x, exclude_invalid_x, self.prior,
+                                     allow_outside_prior)
         if n_bad:
             warnings.warn(f"dropped {n_bad} simulations whose x contains NaN or inf "
                           f"({theta.shape[0]} kept)", stacklevel=2)

@@ -58,6 +58,17 @@ def _loc_scale(loc, scale, kind):
     return loc_v, scale_v
 
 
+# Draws up to this many standard deviations out must stay finite float64 (the chance of a draw
+# beyond it is ~1e-300): a wider prior would sample inf (LogNormal(0, 5646) did).
+_RANGE_SIGMAS = 40.0
+_LOG_MAX = math.log(np.finfo(np.float64).max)
+
+
+def _check_range(finite, kind):
+    if not np.all(finite):
+        raise ValueError(f"{kind}: its draws would overflow float64 (parameters too large); rescale theta")
+
+
 def _nan_rows_out(theta, lp):
     """-inf for rows with a NaN or inf (outside every support), so log_prob never returns NaN."""
     return np.where(np.isfinite(theta).all(axis=1), lp, -np.inf)
@@ -130,6 +141,8 @@ class BoxUniform(Prior):
             raise ValueError(f"low and high must have the same shape, got {self.low.shape} and {self.high.shape}")
         if np.any(self.high <= self.low):
             raise ValueError("BoxUniform needs high > low in every dimension")
+        with np.errstate(over="ignore"):
+            _check_range(np.isfinite(self.high - self.low), "BoxUniform")
         self.dim = self.low.size
         self._log_volume = float(np.sum(np.log(self.high - self.low)))
 
@@ -158,6 +171,8 @@ class Normal(Prior):
 
     def __init__(self, loc, scale):
         self.loc, self.scale = _loc_scale(loc, scale, "Normal")
+        with np.errstate(over="ignore"):
+            _check_range(np.isfinite(np.abs(self.loc) + _RANGE_SIGMAS * self.scale), "Normal")
         self.dim = self.loc.size
         self.low = np.full(self.dim, -np.inf)
         self.high = np.full(self.dim, np.inf)
@@ -189,6 +204,8 @@ class LogNormal(Prior):
 
     def __init__(self, loc, scale):
         self.loc, self.scale = _loc_scale(loc, scale, "LogNormal")
+        with np.errstate(over="ignore"):
+            _check_range(np.abs(self.loc) + _RANGE_SIGMAS * self.scale < _LOG_MAX, "LogNormal")
         self.dim = self.loc.size
         self.low = np.zeros(self.dim)
         self.high = np.full(self.dim, np.inf)
@@ -249,6 +266,9 @@ class MultivariateNormal(Prior):
             self._chol = np.linalg.cholesky(self.cov)
         except np.linalg.LinAlgError as err:
             raise ValueError("covariance must be positive definite") from err
+        with np.errstate(over="ignore"):
+            _check_range(np.isfinite(np.abs(self.mean) + _RANGE_SIGMAS * np.sqrt(np.diag(self.cov))),
+                         "MultivariateNormal")
         self._log_det = 2.0 * float(np.sum(np.log(np.diag(self._chol))))
         self.low = np.full(self.dim, -np.inf)
         self.high = np.full(self.dim, np.inf)
