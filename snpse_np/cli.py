@@ -2,19 +2,35 @@
 
     snpse run two_moons                 simulate, train, sample, summarise, write results
     snpse bench --task slcp ...         benchmark runs appended to a CSV (see snpse_np.bench)
+
+A bad argument (a ValueError from the package) ends with one line on stderr and exit status 2,
+as argparse's own usage errors do, not a traceback.
 """
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 
+def _check_out_dir(out):
+    """Create ``out`` and make sure a file can be written there, before any work is done."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
 def _run(args):
     import snpse_np as sn
+    from snpse_np.files import write_atomic
     from snpse_np.tasks import get_task
 
+    _check_out_dir(args.out)  # found out at the end, it would throw away simulation and training
     task = get_task(args.task)
     x_o = task.observation(args.obs)
     print(f"task {task.name}: dim theta {task.dim_theta}, dim x {task.dim_x}, observation {args.obs}")
@@ -52,9 +68,9 @@ def _run(args):
         score = c2st(ref[:args.num_samples], samples[:len(ref)], classifier="fast")
         print(f"C2ST against the sbibm reference (fast classifier): {score:.3f} "
               f"({time.perf_counter() - t0:.1f}s; 0.5 is perfect)")
-    os.makedirs(args.out, exist_ok=True)
-    np.savetxt(os.path.join(args.out, "samples.csv"), samples, delimiter=",",
-               header=",".join(f"theta_{j + 1}" for j in range(task.dim_theta)), comments="")
+    header = ",".join(f"theta_{j + 1}" for j in range(task.dim_theta))
+    write_atomic(os.path.join(args.out, "samples.csv"),
+                 lambda fh: np.savetxt(fh, samples, delimiter=",", header=header, comments=""), mode="w")
     posterior.save(os.path.join(args.out, "posterior.npz"))
     written = ["samples.csv", "posterior.npz"]
     try:
@@ -66,18 +82,31 @@ def _run(args):
     print(f"wrote {', '.join(written)} to {args.out}/")
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def _backend(text):
+    """'auto' (or 'None'): the best available backend, passed on as None."""
+    return None if text in ("auto", "None", "none") else text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="snpse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one inference on an sbibm task")
     run.add_argument("task", nargs="?", default="two_moons")
-    run.add_argument("--num-simulations", type=int, default=10_000)
+    run.add_argument("--num-simulations", type=_positive_int, default=10_000)
     run.add_argument("--obs", type=int, default=1, help="sbibm observation number 1..10")
     run.add_argument("--sde", default="ve", choices=["ve", "vp", "subvp"])
     run.add_argument("--sampler", default="ode", choices=["ode", "sde", "pc"])
-    run.add_argument("--num-samples", type=int, default=10_000)
-    run.add_argument("--backend", default=None, choices=[None, "numpy", "numba", "cuda"])
+    run.add_argument("--num-samples", type=_positive_int, default=10_000)
+    run.add_argument("--backend", default=None, type=_backend, choices=[None, "numpy", "numba", "cuda"],
+                     metavar="{auto,numpy,numba,cuda}", help="auto (the default): the best available")
     run.add_argument("--max-epochs", type=int, default=None)
     run.add_argument("--max-seconds", type=float, default=600.0, help="cap on training wall time (s)")
     run.add_argument("--seed", type=int, default=0)
@@ -91,7 +120,11 @@ def main(argv=None):
     except ImportError:
         pass
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
     return 0
 
 

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from .checks import integer, real
 from .rng import as_generator
 from .sampling import FIXED_STEP_METHODS
 
@@ -89,8 +90,16 @@ class TruncatedPrior:
         VP-type SDEs RK45 at rtol = atol = 1e-3; the exact trace either way); given, they
         replace the defaults whole (``dict(rtol=1e-4)`` means log_prob's adaptive RK45).
         screen: find kappa with a half-step screen first (see ``_threshold``; fixed-step only)."""
-        if not 0.0 <= epsilon < 1.0:
+        epsilon = real(epsilon, "epsilon", at_least=0.0)
+        if not epsilon < 1.0:
             raise ValueError(f"epsilon must lie in [0, 1), got {epsilon}")
+        # the box and ellipsoid pre-filters need a covariance of the samples: at least d + 2
+        num_samples = integer(num_samples, "num_samples", minimum=prior.dim + 2)
+        batch_size = integer(batch_size, "batch_size", minimum=1)
+        max_candidates = integer(max_candidates, "max_candidates", minimum=1)
+        box_margin = real(box_margin, "box_margin", at_least=0.0)
+        if log_prob_kwargs is not None and not isinstance(log_prob_kwargs, dict):
+            raise ValueError(f"log_prob_kwargs must be a dict, got {type(log_prob_kwargs).__name__}")
         self.prior, self.posterior = prior, posterior
         self.x = posterior._check_x(x)
         self.epsilon, self.batch_size, self.max_candidates = float(epsilon), int(batch_size), int(max_candidates)
@@ -202,7 +211,10 @@ class TruncatedPrior:
         known), else from the prior itself. ``acceptance`` is the region's share of the prior:
         accepted / candidates, times the box's prior mass for box draws.
         """
+        n = integer(n, "n", minimum=0)
         rng = as_generator(seed)
+        if n == 0:
+            return np.empty((0, self.dim))
         t0 = time.perf_counter()
         in_box = getattr(self.prior, "independent", False)
         box_mass = 1.0
