@@ -19,12 +19,18 @@ is a single fused update. Weights are stored (fan_in, fan_out): ``z = h @ W`` is
 the batch as the long dimension. Initialisation is PyTorch's nn.Linear default,
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
 
-Three passes, each writing into a ``Workspace`` made once per batch size:
+Every layer is z = h_in W + b, h_out = act(z), written once as three units at the bottom of this
+file: ``linear_forward``, ``linear_backward`` (dL/dh_out -> dL/dz, dW, db, dL/dh_in) and
+``linear_tangent`` (forward mode). The network's three passes are loops over them, each writing
+into a ``Workspace`` made once per batch size:
 
 - ``forward(params, theta_in, tau, ws, x=None, xc=None) -> out``  (B, d), caches pre-activations;
 - ``backward(params, dout, ws, grads)``  accumulates nothing: writes d loss / d params into grads;
 - ``tangent(params, t_in, ws) -> t_out``  forward-mode Jacobian products (K, B, d) -> (K, B, d)
   w.r.t. theta_in only (x and tau fixed), for the divergence in ``log_prob``.
+
+The speed-ups live here too (the shared-time bias fold, in-place inference workspaces); the
+plain float64 version of the same network, with its derivation, is ``snpse_np.reference``.
 """
 import numpy as np
 
@@ -49,6 +55,9 @@ class ScoreNetwork:
     def __init__(self, theta_sizes, x_sizes, head_sizes, activation="silu", t_embed_dim=T_EMBED_DIM):
         if head_sizes[-1] != theta_sizes[0]:
             raise ValueError("the head must output dim theta values")
+        if min(len(theta_sizes), len(x_sizes)) < 2 or len(head_sizes) < 2:
+            # a head of one layer would end in the activation, not linear as every MLP here
+            raise ValueError("theta_sizes, x_sizes and head_sizes need at least two entries each (one layer)")
         if t_embed_dim % 2:
             raise ValueError("t_embed_dim must be even (sines and cosines)")
         self.theta_sizes = list(map(int, theta_sizes))
@@ -111,8 +120,20 @@ class ScoreNetwork:
             off += n
         return out
 
-    def _mlp(self, p, tag, sizes):
-        return [(p[f"{tag}.{i}.W"], p[f"{tag}.{i}.b"]) for i in range(len(sizes) - 1)]
+    def _layers(self, p, tag):
+        """[(W, b, act)] of the MLP ``tag``: "theta", "x", or "head" (head layers 1, 2, ...):
+        the activation between layers and "identity" on the last (every MLP ends linear)."""
+        if tag == "head":
+            names = [f"head.{i}" for i in range(1, len(self.head_sizes))]
+        else:
+            names = [f"{tag}.{i}" for i in range(len(getattr(self, f"{tag}_sizes")) - 1)]
+        last = len(names) - 1
+        return [(p[f"{n}.W"], p[f"{n}.b"], "identity" if k == last else self.activation)
+                for k, n in enumerate(names)]
+
+    def _grad_layers(self, g, tag):
+        """[(dW, db)] views of the gradient buffer, in the order of ``_layers(., tag)``."""
+        return [(dW, db) for dW, db, _ in self._layers(g, tag)]
 
     # ------------------------------------------------------------------ workspace
 
@@ -124,18 +145,14 @@ class ScoreNetwork:
 
     def condition(self, backend, p, x):
         """xc = x_emb(x) @ W_x + b1: the x part of the head's first layer. x: (n, p) -> (n, h0)."""
-        ops, act = backend.ops, self.activation
+        ops, xp = backend.ops, backend.xp
         p = self.views(p)
         h = x
-        layers = self._mlp(p, "x", self.x_sizes)
-        for i, (W, b) in enumerate(layers):
-            z = h @ W
-            last = i == len(layers) - 1
-            ops.bias_act_forward(z, z, b, "identity" if last else act)
-            h = z
-        xc = h @ p["head.0.Wx"]
-        xc += p["head.0.b"]
-        return xc
+        for W, b, act in self._layers(p, "x") + [(p["head.0.Wx"], p["head.0.b"], "identity")]:
+            # activations in place (h is z): nothing reads a pre-activation here
+            z = xp.empty((h.shape[0], W.shape[1]), dtype=xp.result_type(h.dtype, W.dtype))
+            h = linear_forward(ops, z, z, h, W, b, act)
+        return h
 
     def forward(self, backend, p, theta_in, tau, ws, x=None, xc=None):
         """out (B, d) for theta_in (B, d), tau (B,) or one float for every row, and either
@@ -148,124 +165,140 @@ class ScoreNetwork:
         p = self.views(p)
         ws.theta_in, ws.x_in = theta_in, x
         # theta embedding
-        _mlp_forward(ops, self._mlp(p, "theta", self.theta_sizes), theta_in, ws.th_z, ws.th_h, act)
+        h_theta = _mlp_forward(ops, self._layers(p, "theta"), theta_in, ws.th_z, ws.th_h)
         # x embedding (training) or the precomputed conditioning row(s)
         if x is not None:
-            _mlp_forward(ops, self._mlp(p, "x", self.x_sizes), x, ws.x_z, ws.x_h, act)
-            ops.matmul(ws.xc, ws.x_h[-1], p["head.0.Wx"])
-            xc = ws.xc
-            xc += p["head.0.b"]
+            h_x = _mlp_forward(ops, self._layers(p, "x"), x, ws.x_z, ws.x_h)
+            xc = linear_forward(ops, ws.xc, ws.xc, h_x, p["head.0.Wx"], p["head.0.b"], "identity")
         elif xc is None:
             raise ValueError("forward needs x or xc")
-        # head layer 0: sum of three linear maps, then the activation
-        z0 = ws.hd_z[0]
-        ops.matmul(z0, ws.th_h[-1], p["head.0.Wtheta"])
+        # head layer 0: the sum of three linear maps h_theta W_theta + t_emb W_t + xc, then the activation
+        z0, Wt = ws.hd_z[0], p["head.0.Wt"]
         shared_time = np.ndim(tau) == 0
         if shared_time and x is None and xc.shape[0] == 1:
             # one observation and one time for every row (fixed-step samplers): the x and time
             # parts are the same row for the whole batch; fold both into the bias (one 1 x 64 GEMM)
             ws.tau[:1].fill(tau)
             ops.sinusoidal_embedding(ws.t_emb[:1], ws.tau[:1])
-            ops.matmul(ws.tmp[:1], ws.t_emb[:1], p["head.0.Wt"])
+            ops.matmul(ws.tmp[:1], ws.t_emb[:1], Wt)
             ws.tmp[:1] += xc
-            ops.bias_act_forward(ws.hd_h[0], z0, ws.tmp[0], act)
+            linear_forward(ops, z0, ws.hd_h[0], h_theta, p["head.0.Wtheta"], ws.tmp[0], act)
         else:
             if shared_time:
                 ws.tau.fill(tau)
                 tau = ws.tau
+            ops.matmul(z0, h_theta, p["head.0.Wtheta"])
             ops.sinusoidal_embedding(ws.t_emb, tau)
-            ops.matmul(ws.tmp, ws.t_emb, p["head.0.Wt"])
-            z0 += ws.tmp
+            ops.matmul(ws.tmp, ws.t_emb, Wt)
+            z0 += ws.tmp  # (theta part + time part) + xc: training's order of the two sums
             ops.bias_act_forward(ws.hd_h[0], z0, xc if xc.shape[0] == z0.shape[0] else xc[0], act)
         # remaining head layers
-        layers = [(p[f"head.{i}.W"], p[f"head.{i}.b"]) for i in range(1, len(self.head_sizes))]
-        _mlp_forward(ops, layers, ws.hd_h[0], ws.hd_z[1:], ws.hd_h[1:], act)
-        return ws.hd_h[-1]
+        return _mlp_forward(ops, self._layers(p, "head"), ws.hd_h[0], ws.hd_z[1:], ws.hd_h[1:])
 
     def backward(self, backend, p, dout, ws, grads):
         """Write d loss / d params into the flat ``grads`` buffer, given dout = d loss / d out (B, d).
 
-        Needs the caches of a ``forward`` with x (training mode workspace).
+        Needs the caches of a ``forward`` with x (training mode workspace); overwrites the
+        workspace's dh buffers, leaves ``dout`` as it is.
         """
-        ops, act = backend.ops, self.activation
-        p = self.views(p)
-        g = self.views(grads)
-        n_head = len(self.head_sizes)
-        # head layers n_head-1 .. 1
-        dz = dout
-        for i in range(n_head - 1, 0, -1):
-            h_prev = ws.hd_h[i - 1]
-            ops.matmul(g[f"head.{i}.W"], h_prev.T, dz)
-            ops.bias_grad(g[f"head.{i}.b"], dz)
-            dh = ws.hd_dh[i - 1]
-            ops.matmul(dh, dz, p[f"head.{i}.W"].T)
-            ops.act_backward(dh, dh, ws.hd_z[i - 1], act)
-            dz = dh
-        # head layer 0: three weight blocks and the bias
-        ops.matmul(g["head.0.Wtheta"], ws.th_h[-1].T, dz)
-        ops.matmul(g["head.0.Wx"], ws.x_h[-1].T, dz)
-        ops.matmul(g["head.0.Wt"], ws.t_emb.T, dz)
-        ops.bias_grad(g["head.0.b"], dz)
-        ops.matmul(ws.th_dh[-1], dz, p["head.0.Wtheta"].T)
-        ops.matmul(ws.x_dh[-1], dz, p["head.0.Wx"].T)
-        for tag, sizes, hs, zs, dhs, inp in (("theta", self.theta_sizes, ws.th_h, ws.th_z, ws.th_dh, ws.theta_in),
-                                             ("x", self.x_sizes, ws.x_h, ws.x_z, ws.x_dh, ws.x_in)):
-            layers = self._mlp(p, tag, sizes)
-            dz = dhs[-1]  # linear output layer: dz = dh
-            for i in range(len(layers) - 1, -1, -1):
-                h_prev = hs[i - 1] if i > 0 else inp
-                ops.matmul(g[f"{tag}.{i}.W"], h_prev.T, dz)
-                ops.bias_grad(g[f"{tag}.{i}.b"], dz)
-                if i > 0:
-                    dh = dhs[i - 1]
-                    ops.matmul(dh, dz, layers[i][0].T)
-                    ops.act_backward(dh, dh, zs[i - 1], act)
-                    dz = dh
+        ops = backend.ops
+        p, g = self.views(p), self.views(grads)
+        # head layers n-1 .. 1, down to dL/dh of head layer 0 (in ws.hd_dh[0])
+        dh0 = _mlp_backward(ops, self._grad_layers(g, "head"), ws.hd_dh, dout, self._layers(p, "head"),
+                            ws.hd_z[1:], ws.hd_h[:-1])
+        # head layer 0: its three maps share dL/dz0 and the bias b1; the time embedding has no
+        # trainable input, so its map needs no input gradient
+        dz0 = linear_backward(ops, g["head.0.Wtheta"], g["head.0.b"], ws.th_dh[-1], dh0, ws.hd_z[0],
+                              ws.th_h[-1], p["head.0.Wtheta"], self.activation)
+        linear_backward(ops, g["head.0.Wx"], None, ws.x_dh[-1], dz0, None, ws.x_h[-1], p["head.0.Wx"], "identity")
+        linear_backward(ops, g["head.0.Wt"], None, None, dz0, None, ws.t_emb, p["head.0.Wt"], "identity")
+        # the two embeddings, from the gradient of their outputs down to their first layers
+        # (whose inputs, theta_in and x, need no gradient)
+        for tag, inp, zs, hs, dhs in (("theta", ws.theta_in, ws.th_z, ws.th_h, ws.th_dh),
+                                      ("x", ws.x_in, ws.x_z, ws.x_h, ws.x_dh)):
+            _mlp_backward(ops, self._grad_layers(g, tag), [None] + dhs[:-1], dhs[-1], self._layers(p, tag),
+                          zs, [inp] + hs[:-1])
 
     def tangent(self, backend, p, t_in, ws):
         """Forward-mode: J t for the K tangents t_in (K, B, d) of theta_in; returns (K, B, d).
 
         J = d out / d theta_in at the point of the last ``forward`` (x and tau held fixed).
-        Tangents run through the theta-MLP and the head; the x and time parts are constants.
+        Tangents run through the theta-MLP and the head; the x and time parts are constants,
+        so on this path head layer 0 is the one linear map W_theta.
         """
-        ops, act = backend.ops, self.activation
         p = self.views(p)
-        K, B = t_in.shape[0], t_in.shape[1]
+        path = ([(W, z, act) for (W, _, act), z in zip(self._layers(p, "theta"), ws.th_z)]
+                + [(p["head.0.Wtheta"], ws.hd_z[0], self.activation)]
+                + [(W, z, act) for (W, _, act), z in zip(self._layers(p, "head"), ws.hd_z[1:])])
         t = t_in
-        th_layers = self._mlp(p, "theta", self.theta_sizes)
-        for i, (W, _) in enumerate(th_layers):
-            nxt = ws.tan(i % 2, W.shape[1])
-            ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W)
-            if i < len(th_layers) - 1:
-                ops.act_tangent(nxt, nxt, ws.th_z[i], act)
-            t = nxt
-        slot = len(th_layers)
-        W0 = p["head.0.Wtheta"]
-        nxt = ws.tan(slot % 2, W0.shape[1])
-        ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W0)
-        ops.act_tangent(nxt, nxt, ws.hd_z[0], act)
-        t = nxt
-        n_head = len(self.head_sizes)
-        for i in range(1, n_head):
-            slot += 1
-            W = p[f"head.{i}.W"]
-            nxt = ws.tan(slot % 2, W.shape[1])
-            ops.matmul(nxt.reshape(K * B, -1), t.reshape(K * B, -1), W)
-            if i < n_head - 1:
-                ops.act_tangent(nxt, nxt, ws.hd_z[i], act)
-            t = nxt
+        for slot, (W, z, act) in enumerate(path):  # two buffers, used in turn
+            t = linear_tangent(backend.ops, ws.tan(slot % 2, W.shape[1]), t, W, z, act)
         return t
 
 
-def _mlp_forward(ops, layers, inp, zs, hs, act):
-    """Run an MLP into cached buffers: zs[i] = h_{i-1} @ W_i + b_i, hs[i] = act(zs[i]) (linear last)."""
+# ----------------------------------------------------------------------------- one linear layer
+# Every layer of the network is  z = h_in W + b,  h_out = act(z)  ("identity" on the last layer
+# of each MLP). These three functions are that layer's forward pass, backward pass and
+# forward-mode tangent, written once; the passes above loop over them (plus the head's first
+# layer, a sum of three linear maps). Outputs first, as the ops. B rows, n inputs, m outputs.
+
+def linear_forward(ops, z, h_out, h_in, W, b, act):
+    """z = h_in @ W + b, then h_out = act(z); returns h_out.
+
+    h_in (B, n), W (n, m), b (m,) or (B, m), z and h_out (B, m). z keeps the pre-activation for
+    the backward pass and the tangents; h_out may be z (in place, when nothing reads z again).
+    """
+    ops.matmul(z, h_in, W)
+    ops.bias_act_forward(h_out, z, b, act)
+    return h_out
+
+
+def linear_backward(ops, dW, db, dh_in, dh_out, z, h_in, W, act):
+    """Backward through z = h_in @ W + b, h_out = act(z), given dh_out = dL/dh_out (B, m).
+
+    dh_out becomes dL/dz = dh_out * act'(z) in place (left as it is for "identity", where z may
+    be None); then dW = h_in^T dL/dz (n, m), db = dL/dz summed over the rows (m,) and
+    dh_in = dL/dz W^T (B, n). db and dh_in are skipped when None (a first layer needs no input
+    gradient; the head's first layer has one bias for its three maps). Returns dL/dz.
+    """
+    if act != "identity":
+        ops.act_backward(dh_out, dh_out, z, act)
+    dz = dh_out
+    ops.matmul(dW, h_in.T, dz)
+    if db is not None:
+        ops.bias_grad(db, dz)
+    if dh_in is not None:
+        ops.matmul(dh_in, dz, W.T)
+    return dz
+
+
+def linear_tangent(ops, t_out, t_in, W, z, act):
+    """Forward-mode through one layer for K directions at once: t_out = act'(z) * (t_in @ W)
+    (the bias is a constant and drops out). t_in (K, B, n), t_out (K, B, m), z (B, m): the
+    forward pass's pre-activation, shared by the K directions. Returns t_out."""
+    K, B = t_in.shape[0], t_in.shape[1]
+    ops.matmul(t_out.reshape(K * B, -1), t_in.reshape(K * B, -1), W)
+    if act != "identity":
+        ops.act_tangent(t_out, t_out, z, act)
+    return t_out
+
+
+def _mlp_forward(ops, layers, inp, zs, hs):
+    """An MLP [(W, b, act)] into cached buffers: zs[i] = h_{i-1} W_i + b_i, hs[i] = act_i(zs[i])."""
     h = inp
-    for i, (W, b) in enumerate(layers):
-        ops.matmul(zs[i], h, W)
-        last = i == len(layers) - 1
-        ops.bias_act_forward(hs[i], zs[i], b, "identity" if last else act)
-        h = hs[i]
+    for (W, b, act), z, h_out in zip(layers, zs, hs):
+        h = linear_forward(ops, z, h_out, h, W, b, act)
     return h
+
+
+def _mlp_backward(ops, grads, dh_ins, dh, layers, zs, h_ins):
+    """Backward through an MLP [(W, b, act)] from dh = dL/dh of its last layer, last layer
+    first. Layer i reads zs[i] and h_ins[i] and writes (dW, db) = grads[i] and dL/d h_ins[i]
+    into dh_ins[i] (None: not needed). Returns the last dh_in written (dh_ins[0])."""
+    for (dW, db), dh_in, (W, _, act), z, h_in in reversed(list(zip(grads, dh_ins, layers, zs, h_ins))):
+        linear_backward(ops, dW, db, dh_in, dh, z, h_in, W, act)
+        dh = dh_in
+    return dh
 
 
 class Workspace:
