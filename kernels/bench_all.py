@@ -24,7 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from kernels.common import device_name, gpu_available, print_table, time_module, validate_module  # noqa: E402
+from kernels.common import (device_name, gpu_available, print_table, time_module,  # noqa: E402
+                            use_lab_threading_layer, validate_module)
 
 OP_FILES = ("matmul", "bias_act", "time_embedding", "dsm_loss", "adam", "sampler_step")
 
@@ -103,6 +104,7 @@ def main(argv=None):
     ap.add_argument("--skip-parallel", action="store_true", help="leave out the prange variants")
     ap.add_argument("--variants", nargs="*", help="only these variant names (e.g. numpy prod prod_cuda)")
     args = ap.parse_args(argv)
+    use_lab_threading_layer()  # before the first prange launch
     t0 = time.perf_counter()
     rows = op_rows(args.ops, args.quick, args.skip_parallel, args.variants)
     if not args.no_trajectory:
