@@ -296,6 +296,10 @@ def test_determinism_per_seed_and_shapes():
         P.simulate_statistics(np.zeros((2, 30)))
     with pytest.raises(ValueError, match="burn_in"):
         P.simulate_statistics(theta, t_max=500.0)
+    with pytest.raises(ValueError, match="state"):        # the state is updated in place
+        P.integrate(PUBLISHED_THETA, np.zeros((3, 10)), 0, state=(np.zeros((3, 13), np.float32), np.zeros(7)))
+    with pytest.raises(ValueError, match="noise"):
+        P.integrate(PUBLISHED_THETA, np.zeros((2, 10)), 0)
 
 
 def test_task_simulate_is_replaced_statistics():

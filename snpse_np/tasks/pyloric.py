@@ -227,6 +227,11 @@ def integrate(theta, noise, n_burn=0, dt=DT, state=None):
     if not 0 <= n_burn < noise.shape[1]:
         raise ValueError(f"pyloric: n_burn must lie in [0, {noise.shape[1]}), got {n_burn}")
     st, s = initial_state() if state is None else state
+    for a, shape in ((st, (3, len(STATE_NAMES))), (s, (7,))):
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.shape == shape
+                and a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"pyloric: state must be writeable C-contiguous float64 arrays of shapes "
+                             f"(3, 13) and (7,), got {getattr(a, 'dtype', type(a))} {np.shape(a)}")
     v_out = np.empty((3, noise.shape[1] - n_burn))
     kernel(g_mem, g_syn, SYNAPSE_POST, SYNAPSE_PRE, SYNAPSE_E, SYNAPSE_TAU, noise, float(dt),
            int(n_burn), st, s, v_out)
@@ -236,7 +241,7 @@ def integrate(theta, noise, n_burn=0, dt=DT, state=None):
 def voltage_traces(theta, seed=None, t_max=T_MAX, dt=DT, burn_in=BURN_IN, noise_std=NOISE_STD):
     """Membrane potentials after the burn-in, theta (n, 31) -> (n, 3, T) float64 (mV).
 
-    T = len(arange(0, t_max, dt)) - int(burn_in / dt) (400,000 by default: 3.2 MB per row in
+    T = len(arange(0, t_max, dt)) - int(burn_in / dt) (400,000 by default: 9.6 MB per row in
     float64, so ask for few rows). The noise of row i is the i-th draw from ``seed``'s generator.
     """
     theta = _check_rows(theta)
@@ -252,7 +257,7 @@ def simulate_statistics(theta, seed=None, t_max=T_MAX, dt=DT, burn_in=BURN_IN, n
     """The 18 raw statistics (NaN where undefined), theta (n, 31) -> (n, 18) float64.
 
     Row i is simulated with the i-th noise draw from ``seed``'s generator (same seed, same rows:
-    same x). One row at a time: about 3 MB of voltage per row is analysed and dropped.
+    same x). One row at a time: its noise and voltage (about 10 MB each) are dropped after it.
     """
     theta = _check_rows(theta)
     rng = as_generator(seed)
