@@ -25,15 +25,22 @@ Membrane (each neuron; V in mV, t in ms, currents in uA, conductances in mS)
 E_Na = 50, E_K = -80 (A, KCa, Kd), E_H = -20, E_leak = -50, E_Ca = Nernst (below).
 Gates x in {m, h}: tau_x(V) dx/dt = x_inf(V) - x, with sig(V; a, b) = 1 / (1 + exp((V + a) / b)):
 
-    channel  p  m_inf                         tau_m                                        h_inf             tau_h
-    Na       3  sig(25.5, -5.29)              2.64 - 2.52 sig(120, -25)                    sig(48.9, 5.18)   1.34 sig(62.9, -10) (1.5 + sig(34.9, 3.6))
-    CaT      3  sig(27.1, -7.2)               43.4 - 42.6 sig(68.1, -20.5)                 sig(32.1, 5.5)    210 - 179.6 sig(55, -16.9)
-    CaS      3  sig(33, -8.1)                 2.8 + 14 / (e^{(V+27)/10} + e^{(V+70)/-13})  sig(60, 6.2)      120 + 300 / (e^{(V+55)/9} + e^{(V+65)/-16})
-    A        3  sig(27.2, -8.7)               23.2 - 20.8 sig(32.9, -15.2)                 sig(56.9, 4.9)    77.2 - 58.4 sig(38.9, -26.5)
-    KCa      4  Ca/(Ca+3) sig(28.3, -12.6)    180.6 - 150.2 sig(46, -22.7)                 -                 -
-    Kd       4  sig(12.3, -11.8)              14.4 - 12.8 sig(28.3, -19.2)                 -                 -
-    H        1  sig(75, 5.5)                  2 / (e^{-14.59 - 0.086 V} + e^{-1.87 + 0.0701 V})  -           -
-    leak     0  -                             -                                            -                 -
+    channel  p  m_inf                        tau_m (ms)
+    Na       3  sig(25.5, -5.29)             2.64 - 2.52 sig(120, -25)
+    CaT      3  sig(27.1, -7.2)              43.4 - 42.6 sig(68.1, -20.5)
+    CaS      3  sig(33, -8.1)                2.8 + 14 / (exp((V + 27) / 10) + exp((V + 70) / -13))
+    A        3  sig(27.2, -8.7)              23.2 - 20.8 sig(32.9, -15.2)
+    KCa      4  Ca/(Ca + 3) sig(28.3, -12.6) 180.6 - 150.2 sig(46, -22.7)
+    Kd       4  sig(12.3, -11.8)             14.4 - 12.8 sig(28.3, -19.2)
+    H        1  sig(75, 5.5)                 2 / (exp(-14.59 - 0.086 V) + exp(-1.87 + 0.0701 V))
+    leak     0  (g = A gbar)
+
+    channel  h_inf            tau_h (ms)
+    Na       sig(48.9, 5.18)  1.34 sig(62.9, -10) (1.5 + sig(34.9, 3.6))
+    CaT      sig(32.1, 5.5)   210 - 179.6 sig(55, -16.9)
+    CaS      sig(60, 6.2)     120 + 300 / (exp((V + 55) / 9) + exp((V + 65) / -16))
+    A        sig(56.9, 4.9)   77.2 - 58.4 sig(38.9, -26.5)
+    (KCa, Kd, H and leak have no inactivation gate.)
 
 Calcium (uM): tau_Ca d[Ca]/dt = Ca_0 - f I_Ca - [Ca], I_Ca = (g_CaT + g_CaS)(V - E_Ca),
 E_Ca = (R T / z F) log(Ca_ext / [Ca]), tau_Ca = 200 ms, f = 14961 uM/uA, Ca_0 = 0.05 uM,
