@@ -44,6 +44,7 @@ def _sigmoid(z):
 
 
 def act_forward(z, act):
+    """act(z) elementwise, any shape; act one of "identity", "silu", "relu", "tanh", "gelu"."""
     if act == "identity":
         return z
     if act == "silu":        # z sigmoid(z)
@@ -58,6 +59,7 @@ def act_forward(z, act):
 
 
 def act_derivative(z, act):
+    """act'(z) elementwise, any shape."""
     if act == "identity":
         return np.ones_like(z)
     if act == "silu":        # (z s)' = s + z s (1 - s)
@@ -138,7 +140,7 @@ def preconditioning(t, alpha, sigma, precondition="noise", floor=0.1, time_input
 #   concat[a, b, c] @ vstack[W_a, W_b, W_c] = a W_a + b W_b + c W_c.
 
 def _mlp_params(params, tag, start=0):
-    """[(W, b)] of the MLP ``tag`` from layer ``start`` on, in order."""
+    """[(W, b)] of the MLP ``tag`` ("theta", "x", "head") from layer ``start`` on, in order."""
     out, i = [], start
     while f"{tag}.{i}.W" in params:
         out.append((params[f"{tag}.{i}.W"], params[f"{tag}.{i}.b"]))
@@ -160,7 +162,8 @@ def _head0_weight(params):
 
 
 def mlp_forward(layers, h, act):
-    """Run the layers [(W, b)]; returns (out, cache) with cache = [(h_in, z)] per layer."""
+    """Run the layers [(W (n, m), b (m,))] on h (B, n_0); returns (out (B, m_last), cache) with
+    cache = [(h_in, z)] per layer."""
     cache = []
     for i, (W, b) in enumerate(layers):
         z = h @ W + b
@@ -183,8 +186,9 @@ def network_forward(params, theta_in, x, tau, act="silu"):
 
 
 def mlp_backward(layers, cache, dout, act, tag, start, grads):
-    """Backward through the layers [(W, b)] given dout = dL/d(MLP output); writes
-    grads[f"{tag}.{i}.W"], grads[f"{tag}.{i}.b"]; returns dL/d(MLP input)."""
+    """Backward through the layers [(W, b)] given dout = dL/d(MLP output) (B, m_last); writes
+    grads[f"{tag}.{start + i}.W"] (n, m) and grads[f"{tag}.{start + i}.b"] (m,); returns
+    dL/d(MLP input) (B, n_0)."""
     dh = dout
     for i in range(len(layers) - 1, -1, -1):
         W, _ = layers[i]

@@ -293,8 +293,8 @@ def _passes(net, be, p, theta, x, tau, dout, dt, old):
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("act", numpy_ref.ACTIVATIONS[1:])
-@pytest.mark.parametrize("sizes", [([3, 7, 6, 5], [4, 6, 5], [9, 8, 3], 6), ([2, 16, 16, 30], [3, 16, 30], [16, 16, 2], 64)],
-                         ids=["small", "paper-shaped"])
+@pytest.mark.parametrize("sizes", [([3, 7, 6, 5], [4, 6, 5], [9, 8, 3], 6),
+                                   ([2, 16, 16, 30], [3, 16, 30], [16, 16, 2], 64)], ids=["small", "paper-shaped"])
 def test_layer_units_give_the_pre_refactor_passes_bit_for_bit(backend, dt, act, sizes):
     be = get_backend(backend)
     net = ScoreNetwork(*sizes[:3], activation=act, t_embed_dim=sizes[3])
