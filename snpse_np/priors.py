@@ -191,9 +191,10 @@ class Normal(Prior):
 
     def log_prob(self, theta):
         theta = self._rows(theta)
-        z = (theta - self.loc) / self.scale
-        return _nan_rows_out(theta, -0.5 * np.sum(z * z, axis=1) - np.sum(np.log(self.scale))
-                             - 0.5 * self.dim * _LOG_2PI)
+        with np.errstate(over="ignore"):  # |z| beyond ~1e154: z^2 = inf, log-density -inf (right)
+            z = (theta - self.loc) / self.scale
+            return _nan_rows_out(theta, -0.5 * np.sum(z * z, axis=1) - np.sum(np.log(self.scale))
+                                 - 0.5 * self.dim * _LOG_2PI)
 
     def __repr__(self):
         return f"Normal(loc={self.loc.tolist()}, scale={self.scale.tolist()})"
@@ -233,9 +234,10 @@ class LogNormal(Prior):
         inside = self.support_contains(theta)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_theta = np.log(np.where(inside[:, None], theta, 1.0))
-        z = (log_theta - self.loc) / self.scale
-        lp = (-0.5 * np.sum(z * z, axis=1) - np.sum(log_theta, axis=1)
-              - np.sum(np.log(self.scale)) - 0.5 * self.dim * _LOG_2PI)
+        with np.errstate(over="ignore"):  # z^2 = inf: log-density -inf (right)
+            z = (log_theta - self.loc) / self.scale
+            lp = (-0.5 * np.sum(z * z, axis=1) - np.sum(log_theta, axis=1)
+                  - np.sum(np.log(self.scale)) - 0.5 * self.dim * _LOG_2PI)
         return np.where(inside, lp, -np.inf)
 
     def __repr__(self):
@@ -282,8 +284,9 @@ class MultivariateNormal(Prior):
         # Solve L y = (theta - mean)^T so that |y|^2 is the Mahalanobis distance.
         # rows with NaN/inf are set aside first: the solve would turn inf into NaN
         bad = ~np.isfinite(theta).all(axis=1)
-        y = np.linalg.solve(self._chol, (np.where(bad[:, None], 0.0, theta) - self.mean).T)
-        lp = -0.5 * np.sum(y * y, axis=0) - 0.5 * self._log_det - 0.5 * self.dim * _LOG_2PI
+        with np.errstate(over="ignore"):  # |y|^2 = inf: log-density -inf (right)
+            y = np.linalg.solve(self._chol, (np.where(bad[:, None], 0.0, theta) - self.mean).T)
+            lp = -0.5 * np.sum(y * y, axis=0) - 0.5 * self._log_det - 0.5 * self.dim * _LOG_2PI
         return np.where(bad, -np.inf, lp)
 
     def __repr__(self):
