@@ -71,7 +71,6 @@ from .rng import as_generator
 
 IID_METHODS = ("auto_gauss", "gauss", "jac_gauss", "fnpe", "fnpe_marginal")
 LANGEVIN_METHODS = ("fnpe", "fnpe_marginal")  # bridges, not marginals: annealed Langevin only
-GAUSS_METHODS = ("gauss", "auto_gauss", "jac_gauss")
 IID_PARAMS = {  # method -> the keys of iid_params it takes (and their defaults)
     "gauss": dict(posterior_precision=None, precision_scale=2.0),
     "auto_gauss": dict(budget=1000, steps=20),
@@ -133,8 +132,9 @@ def _tn_right(A, B):
     r = np.where(finite, np.exp(-0.5 * (Bf - A) * (Bf + A)), 0.0)  # phi(B) / phi(A) in (0, 1]
     ex_b = np.where(finite, erfcx(Bf / _SQRT2), 0.0)
     D = ex_a - ex_b * r  # (Q(A) - Q(B)) / (phi(A) sqrt(pi/2))
-    m1 = _C * (1.0 - r) / D
-    v = 1.0 + _C * (A - np.where(finite, Bf, 0.0) * r) / D - m1 * m1
+    with np.errstate(invalid="ignore", divide="ignore"):  # D ~ 0 only for intervals narrow enough
+        m1 = _C * (1.0 - r) / D                            # that the quadrature below replaces them
+        v = 1.0 + _C * (A - np.where(finite, Bf, 0.0) * r) / D - m1 * m1
     # beyond A ~ 200 the subtraction above (terms ~A^2, result ~1/A^2) loses digits: there the law
     # is, to relative O(1/A^2) <= 5e-5, an exponential truncated to [0, B - A] with the rate
     # A + 2/A that matches the normal tail's mean excess 1/A - 2/A^3

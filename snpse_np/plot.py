@@ -9,8 +9,9 @@ by a Gaussian of one bin; the diagonal shows the 1-D marginals as step histogram
 16/50/84% quantiles and a "median +upper -lower" title; true parameters are red lines across
 every panel; a reference sample set (e.g. sbibm's) is drawn as black dashed contours. Axis limits
 follow the posterior mass: the 0.5%-99.5% quantiles of the samples (and the reference), padded
-by 10%, widened to include the truth; so two small crescents fill the panel instead of sitting in
-the prior's box.
+by 10%, widened to include the truth, instead of the prior's box; modes that are small and far
+apart (two_moons' two crescents at opposite corners, which no choice of limits can make fill a
+panel) get zoomed insets in the panel's empty corners.
 
 Every function returns the matplotlib Figure; with ``path`` it is saved atomically (PNG at
 ``dpi``, or PDF/SVG by the suffix), drawn on a bare Figure so pyplot's state is never touched. The shapes: samples (n, d); ranks (m, d); levels, coverage (k,).
@@ -93,6 +94,77 @@ def _contours(ax, a, b, lims_a, lims_b, bins, color, filled, dashed=False):
                linestyles="--" if dashed else "-")
 
 
+def _components(mask):
+    """Connected components (8-neighbour) of a boolean grid: a list of index arrays (rows, cols)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    out = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        stack, cells = [start], []
+        seen[start] = True
+        while stack:
+            i, j = stack.pop()
+            cells.append((i, j))
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    k, m = i + di, j + dj
+                    if 0 <= k < mask.shape[0] and 0 <= m < mask.shape[1] and mask[k, m] and not seen[k, m]:
+                        seen[k, m] = True
+                        stack.append((k, m))
+        out.append(np.array(cells).T)
+    return out
+
+
+def _mode_insets(ax, a, b, lims_a, lims_b, bins, reference, truth, max_fraction=0.2):
+    """Zoomed insets of well-separated small modes (two_moons' two crescents at opposite corners).
+
+    The 86.5% HPD region of the smoothed 2-D histogram is split into connected components; with 2
+    to 4 of them whose bounding boxes together cover under ``max_fraction`` of the panel, each
+    gets an inset (its box padded by 30%, contours at full resolution) in an empty corner of the
+    panel, linked to it by ``indicate_inset_zoom``. Returns the number of insets drawn."""
+    h, xe, ye = np.histogram2d(a, b, bins=bins, range=[lims_a, lims_b])
+    h = _smooth(h)
+    if h.max() <= 0:
+        return 0
+    comps = _components(h >= _hpd_thresholds(h, [CORNER_LEVELS[-1]])[0])
+    comps = sorted(comps, key=lambda c: -h[c[0], c[1]].sum())[:4]
+    if not 2 <= len(comps) <= 4:
+        return 0
+    boxes = [(xe[c[0].min()], xe[c[0].max() + 1], ye[c[1].min()], ye[c[1].max() + 1]) for c in comps]
+    span_a, span_b = lims_a[1] - lims_a[0], lims_b[1] - lims_b[0]
+    if sum((x1 - x0) * (y1 - y0) for x0, x1, y0, y1 in boxes) > max_fraction * span_a * span_b:
+        return 0
+    # candidate slots (axes fractions) in the panel's corners, used when no mode's box overlaps them
+    slots = [(0.04, 0.56), (0.56, 0.04), (0.04, 0.04), (0.56, 0.56)]
+    frac = [((x0 - lims_a[0]) / span_a, (x1 - lims_a[0]) / span_a, (y0 - lims_b[0]) / span_b,
+             (y1 - lims_b[0]) / span_b) for x0, x1, y0, y1 in boxes]
+    free = [s for s in slots if not any(fx0 < s[0] + 0.4 and fx1 > s[0] and fy0 < s[1] + 0.4 and fy1 > s[1]
+                                       for fx0, fx1, fy0, fy1 in frac)]
+    drawn = 0
+    for (x0, x1, y0, y1), slot in zip(boxes, free):
+        pa, pb = 0.3 * (x1 - x0), 0.3 * (y1 - y0)
+        box_a, box_b = (x0 - pa, x1 + pa), (y0 - pb, y1 + pb)
+        inset = ax.inset_axes([slot[0], slot[1], 0.4, 0.4])
+        inside = (a >= box_a[0]) & (a <= box_a[1]) & (b >= box_b[0]) & (b <= box_b[1])
+        _contours(inset, a[inside], b[inside], box_a, box_b, 40, POSTERIOR_COLOR, filled=True)
+        if reference is not None:
+            ra, rb = reference
+            r_in = (ra >= box_a[0]) & (ra <= box_a[1]) & (rb >= box_b[0]) & (rb <= box_b[1])
+            if r_in.sum() > 10:
+                _contours(inset, ra[r_in], rb[r_in], box_a, box_b, 40, REFERENCE_COLOR, filled=False, dashed=True)
+        if truth is not None and box_a[0] <= truth[0] <= box_a[1] and box_b[0] <= truth[1] <= box_b[1]:
+            inset.plot(truth[0], truth[1], "s", color=TRUTH_COLOR, ms=3)
+        inset.set_xlim(*box_a)
+        inset.set_ylim(*box_b)
+        inset.tick_params(labelsize=6, direction="in", length=2)
+        inset.set_xticks([])
+        inset.set_yticks([])
+        ax.indicate_inset_zoom(inset, edgecolor="0.5", alpha=0.8)
+        drawn += 1
+    return drawn
+
+
 def _tidy(ax, n_ticks=4):
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(n_ticks, prune="lower"))
@@ -101,15 +173,15 @@ def _tidy(ax, n_ticks=4):
 
 
 def pairplot(samples, reference=None, truth=None, path=None, labels=None, bins=None, limits=None,
-             sample_label="posterior", reference_label="reference", dpi=150, panel_size=2.4):
+             sample_label="posterior", reference_label="reference", dpi=150, panel_size=2.4, insets=True):
     """Corner-style pair plot of samples (n, d) (see the module docstring).
 
     reference: optional (n_ref, d) samples drawn as dashed contours / step histograms; truth: (d,)
     true parameters (red lines); labels: d axis labels (default theta_1..theta_d in mathtext);
     limits: optional (d, 2) axis limits (default: follow the mass); bins per axis (default
     sqrt(n) within [30, 120] for the histograms, 3 n^(1/3) within [30, 100] for the contours: small
-    modes, such as two_moons' crescents, keep their shape).
-    Returns the figure.
+    modes, such as two_moons' crescents, keep their shape); insets: zoom into 2-4 small,
+    well-separated modes of a 2-D panel (``_mode_insets``). Returns the figure.
     """
     samples = np.asarray(samples, dtype=float)
     if samples.ndim != 2 or samples.shape[0] < 2:
@@ -171,6 +243,10 @@ def pairplot(samples, reference=None, truth=None, path=None, labels=None, bins=N
                     ax.plot(truth[j], truth[i], "s", color=TRUTH_COLOR, ms=4)
                 ax.set_xlim(lo[j], hi[j])
                 ax.set_ylim(lo[i], hi[i])
+                if insets:
+                    _mode_insets(ax, samples[:, j], samples[:, i], *lims, bins2d,
+                                 None if reference is None else (reference[:, j], reference[:, i]),
+                                 None if truth is None else (truth[j], truth[i]))
             _tidy(ax)
             if i == j:
                 ax.set_yticks([])  # a density's scale says nothing here

@@ -71,6 +71,19 @@ class ScoreField:
         self.theta_in = xp.empty((self.chunk, d), dtype=dtype)
         self.out = xp.empty((batch, d), dtype=dtype) if chunked else None
         self._ragged = {}  # rows -> (workspace, theta_in) for a last chunk of another size
+        # Per-row x parts in runs of equal rows (sample_batched and the i.i.d. trials keep an
+        # observation's rows together) run segment by segment with the run's ONE row, so the network
+        # folds the x part and a shared time into its bias as for one observation; the per-row path
+        # embeds the time in every row (20-25% more work per evaluation). Runs under 64 rows stay per row.
+        self.segments = None
+        if self.per_row_x and divergence is None and backend.name != "cuda" and batch > 1:
+            host = backend.to_host(xc)
+            bounds = np.concatenate([[0], np.flatnonzero(np.any(host[1:] != host[:-1], axis=1)) + 1, [batch]])
+            if np.min(np.diff(bounds)) >= 64:
+                self.segments = [(s, min(b, s + self.chunk)) for a, b in zip(bounds[:-1], bounds[1:])
+                                 for s in range(a, b, self.chunk)]
+                if len(self.segments) > 1 and self.out is None:
+                    self.out = xp.empty((batch, d), dtype=dtype)
         self.rng = as_generator(seed)
         if divergence == "exact":
             eye = np.zeros((d, batch, d), dtype=dtype)
@@ -101,8 +114,8 @@ class ScoreField:
         else:
             _, _, c_in, c_out, tau = self.model.coefficients(t)
             c_in_d, tau_d = self._dev(c_in), self._dev(tau)
-        for s in range(0, n, self.chunk):
-            e = min(n, s + self.chunk)
+        spans = self.segments or [(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
+        for s, e in spans:
             ws, theta_in = self._buffers(e - s)
             if np.ndim(t) == 0:
                 xp.multiply(theta[s:e], c_in, out=theta_in)
@@ -110,7 +123,10 @@ class ScoreField:
             else:
                 xp.multiply(theta[s:e], c_in_d[s:e, None], out=theta_in)
                 tau_c = tau_d[s:e]
-            xc = self.xc[s:e] if self.per_row_x else self.xc  # per-row x parts follow the chunk
+            if self.segments is not None:
+                xc = self.xc[s:s + 1]  # one run: its one row
+            else:
+                xc = self.xc[s:e] if self.per_row_x else self.xc  # per-row x parts follow the chunk
             out = self.net.forward(self.backend, self.params, theta_in, tau_c, ws, xc=xc)
             if self.out is None:
                 return out, c_in, c_out
