@@ -229,3 +229,58 @@ def test_statistics_check_their_inputs():
         dg.tarp(np.full((2, 5, 2), np.nan), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="levels"):
         dg.coverage_curve(np.zeros(5, int), 10, levels=[0.5, 1.5])
+
+
+# ----------------------------------------------------------------------------- plots (snpse_np.plot)
+
+def test_importing_the_plot_module_does_not_import_matplotlib():
+    import subprocess
+    import sys
+    code = "import sys, snpse_np.plot, snpse_np.diagnostics; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_hpd_thresholds_hold_their_mass():
+    from snpse_np.plot import CORNER_LEVELS, _hpd_thresholds
+    g = np.linspace(-4, 4, 201)
+    h = np.exp(-0.5 * (g[:, None] ** 2 + g[None, :] ** 2))
+    for level, thr in zip(sorted(CORNER_LEVELS), _hpd_thresholds(h, CORNER_LEVELS)[::-1]):
+        held = h[h >= thr].sum() / h.sum()
+        assert abs(held - level) < 0.01, (level, held)
+        # for a 2-D standard normal the level-q HPD region is the disc of radius sqrt(-2 log(1 - q))
+        assert abs(np.sqrt(-2 * np.log(thr)) - np.sqrt(-2 * np.log(1 - level))) < 0.05
+
+
+def test_mode_components():
+    from snpse_np.plot import _components
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[1:3, 1:3] = True
+    mask[7:9, 6:9] = True
+    mask[3, 3] = True  # touches the first block diagonally
+    sizes = sorted(c.shape[1] for c in _components(mask))
+    assert sizes == [5, 6]
+
+
+def test_plots_write_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    from snpse_np import plot
+    rng = np.random.default_rng(0)
+    two_modes = np.concatenate([rng.normal([-0.8, -0.6], 0.03, (3000, 2)), rng.normal([0.6, 0.8], 0.03, (3000, 2))])
+    fig = plot.pairplot(two_modes, reference=two_modes[::-1], truth=[-0.8, -0.6], path=tmp_path / "pair.png")
+    assert len(fig.axes[2].child_axes) == 2  # the joint panel zooms into both modes
+    plot.pairplot(rng.standard_normal((500, 3)), path=tmp_path / "pair3.pdf", labels=["a", "b", "c"])
+    ranks = rng.integers(0, 101, (300, 2))
+    plot.rank_plot(ranks, 100, path=tmp_path / "ecdf.png")
+    plot.rank_plot(ranks, 100, kind="hist", path=tmp_path / "hist.png")
+    plot.coverage_plot(dg.DEFAULT_LEVELS, dg.DEFAULT_LEVELS, 300, path=tmp_path / "cov.png")
+    plot.tarp_plot(np.linspace(0, 1, 11), np.linspace(0, 1, 11), 300, atc=0.01, path=tmp_path / "tarp.png")
+    for name in ("pair.png", "ecdf.png", "hist.png", "cov.png", "tarp.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "pair3.pdf").read_bytes()[:4] == b"%PDF"
+    assert not list(tmp_path.glob(".tmp_*"))  # atomic writes leave no temporaries
+    with pytest.raises(ValueError, match="truth"):
+        plot.pairplot(two_modes, truth=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="kind"):
+        plot.rank_plot(ranks, 100, kind="violin")
+
