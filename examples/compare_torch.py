@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
-from snpse_np.npse import StepDraws  # noqa: E402
+from snpse_np.npse import TrainStep  # noqa: E402
 from snpse_np.optim import Adam  # noqa: E402
 from snpse_np.sampling import ScoreField, euler_maruyama  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
@@ -62,21 +62,17 @@ def _data(seed=0):
 # ----------------------------------------------------------------------------- snpse_np
 
 def package_train_step(backend, batch, seed=0, dtype=np.float32):
-    """A closure running one training step exactly as NPSE.train's inner loop does."""
+    """A closure running one training step: the package's own ``npse.TrainStep`` (the unit
+    NPSE.train runs), fed a device-shuffled epoch as the trainer does."""
     be = get_backend(backend)
     xp = be.xp
     net = ScoreNetwork.paper(DIM_THETA, DIM_X)
     model = ScoreModel(net, make_sde("ve", sigma_max=SIGMA_MAX))
     rng = np.random.default_rng(seed)
-    params = be.to_device(net.init(rng, dtype))
-    grads = xp.empty_like(params)
-    pv, gv = net.views(params), net.views(grads)  # once: views cost more than small layers on a GPU
-    opt = Adam(be, params, 5e-4)
+    opt = Adam(be, be.to_device(net.init(rng, dtype)), 5e-4)
+    train_step = TrainStep(model, be, opt, batch, dtype)
     th, xs = _data(seed)
     th_tr, x_tr = be.to_device(th.astype(dtype)), be.to_device(xs.astype(dtype))
-    ws = net.workspace(be, batch, dtype, train=True)
-    theta_in, dout = xp.empty((batch, DIM_THETA), dtype), xp.empty((batch, DIM_THETA), dtype)
-    draws = StepDraws(model, batch, DIM_THETA, dtype)  # coefficients and z: one transfer
     state = {"pos": N_TRAIN}
 
     def step():
@@ -85,15 +81,8 @@ def package_train_step(backend, batch, seed=0, dtype=np.float32):
             state["th"], state["x"], state["pos"] = xp.take(th_tr, order, axis=0), xp.take(x_tr, order, axis=0), 0
         sl = slice(state["pos"], state["pos"] + batch)
         state["pos"] += batch
-        th0, xb = state["th"][sl], state["x"][sl]
-        draws.fill(rng.uniform(model.sde.t_min, 1.0, batch), rng.standard_normal((batch, DIM_THETA)))
-        a_d, s_d, ci_d, tau_d, c_d, z, _ = draws.upload(be)
-        be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, ci_d)
-        out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
-        loss = be.ops.dsm_loss(dout, out, z, c_d)
-        net.backward(be, pv, dout, ws, gv)
-        opt.step(grads)
-        return loss
+        return train_step(state["th"][sl], state["x"][sl], rng.uniform(model.sde.t_min, 1.0, batch),
+                          rng.standard_normal((batch, DIM_THETA)))
 
     return step, be.synchronize
 

@@ -5,9 +5,11 @@ score matching on simulated pairs (theta_i, x_i) ~ p(theta) p(x | theta):
 
     L = E_{t ~ U[t_min, 1], z ~ N(0, I)} [ mean_j (sigma_t s_j(alpha_t theta + sigma_t z, x, t) + z_j)^2 ]
 
-(lambda_t = sigma_t^2, the authors' weighting), in z-scored theta and x space, with Adam,
-reshuffled minibatches, a validation split with early stopping, and the best-validation
-weights kept. The result is a ``ScorePosterior`` that samples and evaluates log-densities.
+(lambda_t = sigma_t^2, the authors' weighting), in z-scored theta and x space, with Adam over a
+budget of steps on which the learning rate warms up and anneals (``schedule``), reshuffled
+minibatches with fresh noise, a weight EMA, and a validation split whose best weights are kept.
+The pieces: ``TrainStep`` (one step), ``ValidationSet`` (the held-out loss), ``NPSE.train``
+(the loop). The result is a ``ScorePosterior`` that samples and evaluates log-densities.
 
 Usage (sbi-style):
 
@@ -27,13 +29,21 @@ from .optim import Adam
 from .posterior import ScorePosterior
 from .progress import Progress
 from .rng import as_generator
+from .schedule import LR_SCHEDULES, LRSchedule, Plateau, auto_ema_decay, default_steps
 from .score import ScoreModel
 from .sde import VESDE, make_sde, max_pairwise_distance
 from .standardize import Standardizer
+from .threads import check_threads, uses_threads
 from .time_sampling import TimeSampler
 
-TRAIN_DEFAULTS = dict(max_epochs=2000, batch_size=128, learning_rate=5e-4, validation_fraction=0.15,
-                      patience=50, ema_decay=0.999, max_seconds=None, time_sampling="uniform",
+# Measured on sbibm tasks at 10,000 simulations, observations 1-3 (NOTES.md, docs/performance.md):
+# a peak rate of 2e-3 (1e-3 and a constant rate lose, 4e-3+ wins on two_moons and loses on slcp);
+# warmup-stable-decay, the stable phase ended by a plateau of the EMA weights' validation loss
+# (slcp over-fits past ~10,000 steps, sir still gains at 20,000: no fixed budget suits both);
+# the step budget an upper bound from the data (``schedule.default_steps``).
+TRAIN_DEFAULTS = dict(max_steps=None, max_epochs=None, batch_size=128, learning_rate=2e-3, lr_schedule="wsd",
+                      warmup_steps=200, final_learning_rate=0.0, validation_fraction=0.15, patience="auto",
+                      min_improvement=0.0, ema_decay="auto", max_seconds=None, time_sampling="uniform",
                       min_steps_per_epoch=100)
 
 
@@ -138,6 +148,91 @@ class StepDraws:
         return a, s, c_in, tau, c, z, z_loss
 
 
+class TrainStep:
+    """One denoising score-matching step on batches of B rows: the unit that ``NPSE.train``
+    runs and that the benchmarks and the kernel lab time (so they time the shipped loop).
+
+        theta_in = c_in (alpha_t theta_0 + sigma_t z)     ops.dsm_perturb
+        out      = net(theta_in, x, tau)                  ScoreNetwork.forward
+        loss     = mean_ij (c_i out_ij + z_ij)^2          ops.dsm_loss  (c = sigma / c_out)
+        grads    = d loss / d params                      ScoreNetwork.backward
+        params  <- Adam(params, grads)                    optim.Adam.step (lr: opt.lr)
+
+    Buffers (workspace, parameter and gradient views, the packed draws) are made once here.
+    ``opt`` holds the flat parameter buffer the step updates.
+    """
+
+    def __init__(self, model, backend, opt, batch, dtype, weighted=False):
+        xp, net = backend.xp, model.net
+        self.model, self.backend, self.net, self.opt = model, backend, net, opt
+        self.B, self.d = int(batch), net.dim_theta
+        self.grads = xp.empty_like(opt.params)
+        # views once: ~30 views cost ~0.2 ms a step on the GPU otherwise
+        self.pv, self.gv = net.views(opt.params), net.views(self.grads)
+        self.ws = net.workspace(backend, self.B, dtype, train=True)
+        self.theta_in, self.dout = xp.empty((self.B, self.d), dtype), xp.empty((self.B, self.d), dtype)
+        self.draws = StepDraws(model, self.B, self.d, dtype, weighted=weighted)
+
+    def __call__(self, theta0, x, t, z, sqrt_w=None):
+        """theta0 (B, d) and x (B, p): device rows (standardised); t (B,) float64 host times;
+        z (B, d) host noise; sqrt_w (B,) roots of the importance weights or None.
+
+        Returns the batch loss (float). A non-finite loss returns before the update (the caller
+        decides what to tell the user)."""
+        be = self.backend
+        self.draws.fill(t, z, sqrt_w)
+        a, s, c_in, tau, c, z_d, z_loss = self.draws.upload(be)
+        be.ops.dsm_perturb(self.theta_in, theta0, z_d, a, s, c_in)
+        out = self.net.forward(be, self.pv, self.theta_in, tau, self.ws, x=x)
+        loss = be.ops.dsm_loss(self.dout, out, z_loss, c)
+        if math.isfinite(loss):
+            self.net.backward(be, self.pv, self.dout, self.ws, self.gv)
+            self.opt.step(self.grads)
+        return loss
+
+
+class ValidationSet:
+    """The DSM loss on held-out rows with times and noise drawn ONCE, so that the loss of
+    different weights is comparable (only the weights change between evaluations).
+
+    theta (n, d), x (n, p): standardised host rows, tiled until at least ``min_rows`` rows are
+    scored; weights (n,) importance weights (mean 1) or None, folded in as in training. The
+    perturbation runs through the same ops as a training step (``StepDraws``, ``dsm_perturb``).
+    """
+
+    def __init__(self, model, backend, theta, x, batch, times, rng, dtype, weights=None, min_rows=1000):
+        be, xp, net = backend, backend.xp, model.net
+        self.model, self.backend, self.net = model, backend, net
+        reps = max(1, int(math.ceil(min_rows / theta.shape[0])))
+        theta, x = np.tile(theta, (reps, 1)), np.tile(x, (reps, 1))
+        sqrt_w = None if weights is None else np.sqrt(np.tile(weights, reps))
+        t = times.sample(theta.shape[0], rng)
+        z = rng.standard_normal(theta.shape)
+        self.batches, self._ws = [], {}
+        for s in range(0, theta.shape[0], batch):
+            sl = slice(s, s + batch)
+            b = theta[sl].shape[0]
+            draws = StepDraws(model, b, net.dim_theta, dtype, weighted=weights is not None)
+            draws.fill(t[sl], z[sl], None if sqrt_w is None else sqrt_w[sl])
+            a, sg, c_in, tau, c, z_d, z_loss = draws.upload(be)
+            theta_in = xp.empty((b, net.dim_theta), dtype)
+            be.ops.dsm_perturb(theta_in, be.to_device(theta[sl].astype(dtype)), z_d, a, sg, c_in)
+            self.batches.append((theta_in, be.to_device(x[sl].astype(dtype)), z_loss, tau, c))
+            if b not in self._ws:
+                self._ws[b] = (net.workspace(be, b, dtype, train=True), xp.empty((b, net.dim_theta), dtype))
+        self.rows = theta.shape[0]
+
+    def loss(self, params):
+        """Mean validation loss (float) of the flat parameter buffer ``params``."""
+        be, total = self.backend, 0.0
+        pv = self.net.views(params)
+        for theta_in, xb, z, tau, c in self.batches:
+            ws, dout = self._ws[theta_in.shape[0]]
+            out = self.net.forward(be, pv, theta_in, tau, ws, x=xb)
+            total += be.ops.dsm_loss(dout, out, z, c) * theta_in.shape[0]
+        return total / self.rows
+
+
 class NPSE:
     """Neural posterior score estimation.
 
@@ -147,12 +242,13 @@ class NPSE:
     to the largest pairwise distance of the standardised training theta (Song & Ermon 2020).
     backend: None (best available), "numpy", "numba" or "cuda". precondition: "noise"
     (default; ``floor`` is its small-noise output scale, see ``score``) or "none" (the paper);
-    time_input: "sigma" (the authors' code), "t" or "log_sigma".
+    time_input: "sigma" (the authors' code), "t" or "log_sigma". threads: how many BLAS and
+    Numba threads training and sampling use (None: ``threads.default_threads()``).
     """
 
     def __init__(self, prior, sde="ve", backend=None, seed=0, hidden=256, activation="silu",
                  precondition="noise", time_input="sigma", floor=0.1, dtype=np.float32, show_progress=True,
-                 **sde_kwargs):
+                 threads=None, **sde_kwargs):
         if not all(hasattr(prior, a) for a in ("dim", "sample", "log_prob")):
             raise ValueError("prior must be a snpse_np prior (with dim, sample, log_prob)")
         integer(prior.dim, "prior.dim", minimum=1)
@@ -172,6 +268,7 @@ class NPSE:
         if self.dtype not in (np.float32, np.float64):
             raise ValueError("dtype must be float32 or float64")
         self.show_progress = show_progress
+        self.threads = check_threads(threads)
         self._theta, self._x = [], []
         self.n_invalid = 0
         self.summary = {}
@@ -201,18 +298,27 @@ class NPSE:
 
     # ------------------------------------------------------------------ training
 
-    def train(self, max_epochs=None, batch_size=None, learning_rate=None, validation_fraction=None,
-              patience=None, ema_decay=None, max_seconds=None, time_sampling=None, min_steps_per_epoch=None,
-              show_progress=None, init_params=None, sample_weights=None):
+    @uses_threads
+    def train(self, max_steps=None, max_epochs=None, batch_size=None, learning_rate=None, lr_schedule=None,
+              warmup_steps=None, final_learning_rate=None, validation_fraction=None, patience=None,
+              min_improvement=None, ema_decay=None, max_seconds=None, time_sampling=None,
+              min_steps_per_epoch=None, show_progress=None, init_params=None, sample_weights=None):
         """Train a fresh score network on all simulations; return the ``ScorePosterior``.
 
-        Arguments left None take ``TRAIN_DEFAULTS``. An epoch is as many reshuffled passes over the
-        training split (each with fresh t and z) as make at least ``min_steps_per_epoch`` Adam
-        steps: with few simulations one pass is a handful of steps, and an epoch-based budget
-        would starve the optimiser (the authors' code makes the same point with its repeated
-        "t_sample_size" passes). ``patience`` counts epochs without a new best validation loss. The
-        validation loss uses noise and times drawn once, so it is comparable between epochs.
-        ``max_seconds`` caps the wall time. A NaN/inf loss stops with a FloatingPointError.
+        Arguments left None take ``TRAIN_DEFAULTS``. The run is a budget of Adam steps over
+        which the learning rate warms up (``warmup_steps``) and anneals to
+        ``final_learning_rate`` (``lr_schedule`` "cosine", "linear" or "constant"; see
+        ``schedule``). The budget: ``max_steps``, else ``max_epochs`` epochs, else
+        ``schedule.default_steps`` (chosen from the number of simulations); ``max_seconds``
+        is a wall-clock budget the schedule anneals to as well (whichever ends first).
+
+        An epoch is as many reshuffled passes over the training split (each with fresh t and z)
+        as make at least ``min_steps_per_epoch`` steps (with few simulations one pass is a
+        handful of steps); after each epoch the validation loss of the evaluation weights (the
+        weight EMA, when on) is computed on noise and times drawn once, and the weights with the
+        best one are kept. ``patience`` (epochs without a new best; None: no early stop) ends
+        the run early. ``ema_decay``: a float in (0, 1), "auto" (an averaging window of 5% of the
+        budget) or None (off). A NaN/inf loss stops with a FloatingPointError.
         ``time_sampling``: "uniform" t or "lognormal" sigma (see ``time_sampling``).
         ``init_params`` starts from given weights (a warm start) instead of a fresh initialisation.
 
@@ -226,18 +332,15 @@ class NPSE:
         p(theta)/p~(theta) change whenever the proposal mixture p~ gains a round. With all weights
         equal to 1, training is bit-identical to training without weights.
         """
+        given = dict(max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
+                     learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+                     final_learning_rate=final_learning_rate, validation_fraction=validation_fraction,
+                     patience=patience, min_improvement=min_improvement, ema_decay=ema_decay,
+                     max_seconds=max_seconds,
+                     time_sampling=time_sampling, min_steps_per_epoch=min_steps_per_epoch)
         opts = dict(TRAIN_DEFAULTS)
-        for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         validation_fraction=validation_fraction, patience=patience,
-                         ema_decay=ema_decay, max_seconds=max_seconds, time_sampling=time_sampling,
-                         min_steps_per_epoch=min_steps_per_epoch).items():
-            if v is not None:
-                opts[k] = v
-        if not 0.0 < opts["validation_fraction"] < 1.0:
-            raise ValueError("validation_fraction must lie in (0, 1)")
-        for k in ("max_epochs", "batch_size", "patience"):
-            if int(opts[k]) != opts[k] or opts[k] < 1:
-                raise ValueError(f"{k} must be a positive int, got {opts[k]!r}")
+        opts.update({k: v for k, v in given.items() if v is not None})
+        _check_train_options(opts)
         show = self.show_progress if show_progress is None else show_progress
         theta, x = self.get_simulations()
         n = theta.shape[0]
@@ -258,84 +361,119 @@ class NPSE:
 
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
         model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor)
-        if init_params is None:
-            params = be.to_device(net.init(self.rng, dt))
-        else:
-            if init_params.shape != (net.size,):
-                raise ValueError(f"init_params must have shape ({net.size},), got {init_params.shape}")
-            params = be.to_device(be.to_host(init_params).astype(dt))
-        grads = xp.empty_like(params)
-        opt = Adam(be, params, opts["learning_rate"], ema_decay=opts["ema_decay"])
+        params = be.to_device(self._initial_params(net, init_params, dt))
 
+        # the budget, in steps and epochs
+        steps_per_pass = n_tr // B  # the ragged last batch is dropped: fixed shapes, no reallocation
+        passes = max(1, -(-int(opts["min_steps_per_epoch"]) // steps_per_pass))
+        steps_per_epoch = passes * steps_per_pass
+        if opts["max_steps"] is not None:
+            total = int(opts["max_steps"])
+            if opts["max_epochs"] is not None:
+                total = min(total, int(opts["max_epochs"]) * steps_per_epoch)
+        elif opts["max_epochs"] is not None:
+            total = int(opts["max_epochs"]) * steps_per_epoch
+        else:
+            total = default_steps(n_tr, B)
+        warmup = min(int(opts["warmup_steps"]), total // 2)
+        sched = LRSchedule(opts["learning_rate"], total, warmup, opts["final_learning_rate"], opts["lr_schedule"],
+                           opts["max_seconds"])
+        decay = auto_ema_decay(total) if opts["ema_decay"] == "auto" else (opts["ema_decay"] or None)
+        opt = Adam(be, params, sched.lr(0), ema_decay=decay)
+        step = TrainStep(model, be, opt, B, dt, weighted=weights is not None)
         th_tr, x_tr = be.to_device(th[tr_idx].astype(dt)), be.to_device(xs[tr_idx].astype(dt))
-        ws = net.workspace(be, B, dt, train=True)
-        pv, gv = net.views(params), net.views(grads)  # once: ~30 views cost ~0.2 ms a step otherwise
         d = net.dim_theta
-        theta_in, dout = xp.empty((B, d), dt), xp.empty((B, d), dt)
-        draws = StepDraws(model, B, d, dt, weighted=weights is not None)
         if weights is not None:
-            w_tr = weights[tr_idx] / weights[tr_idx].mean()
-            sw_tr = np.sqrt(w_tr)
+            sw_tr = np.sqrt(weights[tr_idx] / weights[tr_idx].mean())
 
         times = TimeSampler(self.sde, opts["time_sampling"])
         w_val = None if weights is None else weights[val_idx] / weights[val_idx].mean()
-        val = self._validation_set(model, th[val_idx], xs[val_idx], B, times, w_val)
+        val = ValidationSet(model, be, th[val_idx], xs[val_idx], B, times,
+                            np.random.default_rng(self.rng.integers(2 ** 63)), dt, w_val)
         best, best_epoch, best_params = math.inf, 0, opt.eval_params.copy()
+        plateau = Plateau(opts["patience"], opts["min_improvement"])
         progress = Progress(show)
         history = []
-        stop_reason = "max_epochs"
-        epoch = 0
-        steps_per_pass = n_tr // B  # the ragged last batch is dropped: fixed shapes, no reallocation
-        passes = max(1, -(-int(opts["min_steps_per_epoch"]) // steps_per_pass))
-        for epoch in range(1, int(opts["max_epochs"]) + 1):
+        stop_reason = None
+        k = epoch = 0
+        cooldown_seen = False  # wsd: the best weights are taken from the cool-down only
+        max_epochs = -(-total // steps_per_epoch)
+        while epoch < max_epochs and stop_reason is None:
+            epoch += 1
             order = np.concatenate([self.rng.permutation(n_tr)[:steps_per_pass * B] for _ in range(passes)])
             # gathered once per epoch on the device; each step then takes a contiguous slice
             order_d = be.to_device(order)
             th_ep, x_ep = xp.take(th_tr, order_d, axis=0), xp.take(x_tr, order_d, axis=0)
-            total, count = 0.0, 0
+            total_loss, count = 0.0, 0
             for start in range(0, order.size, B):
-                th0, xb = th_ep[start:start + B], x_ep[start:start + B]
-                t = times.sample(B, self.rng)
-                draws.fill(t, self.rng.standard_normal((B, d)),
-                           None if weights is None else sw_tr[order[start:start + B]])
-                a_d, s_d, cin_d, tau_d, c_d, z, z_loss = draws.upload(be)
-                be.ops.dsm_perturb(theta_in, th0, z, a_d, s_d, cin_d)
-                out = net.forward(be, pv, theta_in, tau_d, ws, x=xb)
-                loss = be.ops.dsm_loss(dout, out, z_loss, c_d)
+                opt.lr = sched.lr(k, progress.elapsed)
+                loss = step(th_ep[start:start + B], x_ep[start:start + B], times.sample(B, self.rng),
+                            self.rng.standard_normal((B, d)),
+                            None if weights is None else sw_tr[order[start:start + B]])
                 if not math.isfinite(loss):
                     raise FloatingPointError(
-                        f"training loss became {loss} at epoch {epoch}; lower the learning rate "
+                        f"training loss became {loss} at step {k + 1}; lower the learning rate "
                         f"(now {opts['learning_rate']}) or check the data for extreme values")
-                net.backward(be, pv, dout, ws, gv)
-                opt.step(grads)
-                total += loss
+                total_loss += loss
                 count += 1
-            train_loss = total / max(count, 1)
-            val_loss = self._validation_loss(model, opt.eval_params, val)
+                k += 1
+                if sched.finished(k, progress.elapsed):
+                    stop_reason = ("cooled down" if sched.kind == "wsd" else
+                                   "max_seconds" if k < total else "budget done")
+                    break
+            train_loss = total_loss / max(count, 1)
+            val_loss = val.loss(opt.eval_params)
             if not math.isfinite(val_loss):
                 raise FloatingPointError(
                     f"validation loss became {val_loss} at epoch {epoch}; lower the learning rate "
                     f"(now {opts['learning_rate']}) or check the data for extreme values")
-            history.append((train_loss, val_loss))
+            history.append((k, train_loss, val_loss, opt.lr))
+            if sched.cooling and not cooldown_seen:  # the cool-down began in this epoch
+                cooldown_seen, best = True, math.inf
             if val_loss < best:
                 best, best_epoch = val_loss, epoch
                 best_params[...] = opt.eval_params
-            progress.update(f"epoch {epoch:4d}  train {train_loss:.4f}  val {val_loss:.4f}  "
-                            f"best {best:.4f} (epoch {best_epoch})  {progress.elapsed:6.1f}s")
-            if epoch - best_epoch >= opts["patience"]:
-                stop_reason = "early stopping"
-                break
-            if opts["max_seconds"] is not None and progress.elapsed > opts["max_seconds"]:
-                stop_reason = "max_seconds"
-                break
-        progress.done(f"trained {epoch} epochs in {progress.elapsed:.1f}s ({stop_reason}); "
+            if stop_reason is None and plateau.update(k, val_loss):
+                if sched.kind == "wsd":
+                    if not sched.cooling:
+                        sched.begin_cooldown(k, progress.elapsed)
+                        cooldown_seen, best = True, math.inf
+                else:
+                    stop_reason = "early stopping"
+            phase = "cool-down" if sched.cooling else "stable" if sched.kind == "wsd" else sched.kind
+            progress.update(f"step {k:6d}/{total} ({phase})  lr {opt.lr:.2e}  train {train_loss:.4f}  "
+                            f"val {val_loss:.4f}  best {best:.4f} (epoch {best_epoch})  {progress.elapsed:6.1f}s")
+        if stop_reason is None:
+            stop_reason = "budget done"
+        cooldown_step = sched.cooldown[0] if sched.cooldown is not None else None
+        if cooldown_step is not None:
+            why = "plateau" if plateau.triggered_at == cooldown_step else "budget"
+            stop_reason += f" (cool-down from step {cooldown_step}: {why})"
+        progress.done(f"trained {k} steps ({epoch} epochs) in {progress.elapsed:.1f}s, {stop_reason}; "
                       f"best validation loss {best:.4f} at epoch {best_epoch}")
-        self.summary = dict(epochs=epoch, best_epoch=best_epoch, best_val_loss=best, stop_reason=stop_reason,
-                            train_seconds=progress.elapsed, n_train=n_tr, n_val=n_val, n_invalid=self.n_invalid,
+        self.summary = dict(steps=k, total_steps=total, epochs=epoch, steps_per_epoch=steps_per_epoch,
+                            best_epoch=best_epoch, best_val_loss=best, stop_reason=stop_reason,
+                            cooldown_step=cooldown_step, train_seconds=progress.elapsed, n_train=n_tr, n_val=n_val,
+                            n_invalid=self.n_invalid,
                             weights_ess=None if weights is None else effective_sample_size(weights),
-                            history=np.array(history), **opts)
-        self._posterior = ScorePosterior(model, best_params, theta_std, x_std, self.prior, be, dtype=dt)
+                            history=np.array(history), **dict(opts, ema_decay=decay, warmup_steps=warmup))
+        self._posterior = ScorePosterior(model, best_params, theta_std, x_std, self.prior, be, dtype=dt,
+                                         threads=self.threads)
         return self._posterior
+
+    def _initial_params(self, net, init_params, dtype):
+        """A fresh initialisation, or the given weights (a warm start), as a host (size,) array."""
+        if init_params is None:
+            return net.init(self.rng, dtype)
+        try:
+            host = np.asarray(self.backend.to_host(init_params), dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"init_params must be a numeric array of shape ({net.size},): {err}") from None
+        if host.shape != (net.size,):
+            raise ValueError(f"init_params must have shape ({net.size},), got {host.shape}")
+        if not np.all(np.isfinite(host)):
+            raise ValueError("init_params contain NaN or inf")
+        return host.astype(dtype)
 
     def build_posterior(self):
         """The posterior of the last ``train`` (sbi-style)."""
@@ -343,46 +481,47 @@ class NPSE:
             raise ValueError("train() has not run yet")
         return self._posterior
 
-    # ------------------------------------------------------------------ validation
 
-    def _validation_set(self, model, th, xs, batch, times, weights=None):
-        """Fixed (theta_in, x, z, c) in batches, repeated so that at least ~1,000 rows are scored.
+def _check_train_options(opts):
+    """ValueError naming the option for anything train() cannot use."""
+    def positive_int(name, allow_none=False):
+        v = opts[name]
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
 
-        weights (n_val,) or None: importance weights (mean 1), folded into z and c as in training.
-        """
-        be, dt = self.backend, self.dtype
-        reps = max(1, int(math.ceil(1000 / th.shape[0])))
-        th, xs = np.tile(th, (reps, 1)), np.tile(xs, (reps, 1))
-        rng = np.random.default_rng(self.rng.integers(2 ** 63))
-        t = times.sample(th.shape[0], rng)
-        z = rng.standard_normal(th.shape)
-        alpha, sigma, c_in, c_out, tau = model.coefficients(t)
-        theta_in = c_in[:, None] * (alpha[:, None] * th + sigma[:, None] * z)
-        c = sigma / c_out
-        if weights is not None:
-            sw = np.sqrt(np.tile(weights, reps))
-            z, c = sw[:, None] * z, sw * c
-        batches = []
-        for s in range(0, th.shape[0], batch):
-            sl = slice(s, s + batch)
-            batches.append(tuple(be.to_device(np.ascontiguousarray(a[sl], dtype=dt))
-                                 for a in (theta_in, xs, z, tau, c)))
-        ws = {}
-        return batches, ws
-
-    def _validation_loss(self, model, params, val):
-        batches, wss = val
-        be, net = self.backend, model.net
-        total, rows = 0.0, 0
-        for theta_in, xb, z, tau, c in batches:
-            b = theta_in.shape[0]
-            if b not in wss:
-                wss[b] = (net.workspace(be, b, self.dtype, train=True), be.xp.empty_like(theta_in))
-            ws, dout = wss[b]
-            out = net.forward(be, params, theta_in, tau, ws, x=xb)
-            total += be.ops.dsm_loss(dout, out, z, c) * b
-            rows += b
-        return total / rows
+    for name in ("max_steps", "max_epochs"):
+        positive_int(name, allow_none=True)
+    pat = opts["patience"]
+    if not (pat == "auto" or pat == math.inf):
+        positive_int("patience")
+    mi = opts["min_improvement"]
+    if not isinstance(mi, (int, float, np.floating)) or not (math.isfinite(mi) and 0.0 <= mi < 1.0):
+        raise ValueError(f"min_improvement must lie in [0, 1), got {mi!r}")
+    for name in ("batch_size", "min_steps_per_epoch"):
+        positive_int(name)
+    v = opts["warmup_steps"]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 0:
+        raise ValueError(f"warmup_steps must be a non-negative int, got {v!r}")
+    vf = opts["validation_fraction"]
+    if not isinstance(vf, (int, float, np.floating)) or not 0.0 < vf < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {vf!r}")
+    lr = opts["learning_rate"]
+    if not isinstance(lr, (int, float, np.floating)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning_rate must be a positive finite number, got {lr!r}")
+    flr = opts["final_learning_rate"]
+    if not isinstance(flr, (int, float, np.floating)) or not (math.isfinite(flr) and 0 <= flr <= lr):
+        raise ValueError(f"final_learning_rate must lie in [0, learning_rate], got {flr!r}")
+    if opts["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {opts['lr_schedule']!r}")
+    ms = opts["max_seconds"]
+    if ms is not None and (not isinstance(ms, (int, float, np.floating)) or not (math.isfinite(ms) and ms > 0)):
+        raise ValueError(f"max_seconds must be a positive number or None, got {ms!r}")
+    ema = opts["ema_decay"]
+    if ema != "auto" and (isinstance(ema, bool) or not isinstance(ema, (int, float, np.floating))
+                          or not 0.0 <= ema < 1.0):
+        raise ValueError(f"ema_decay must be 'auto', 0 (off) or a float in (0, 1), got {ema!r}")
 
 
 def _check_weights(sample_weights, n):

@@ -1,8 +1,12 @@
 """Adam on one flat parameter buffer (Kingma & Ba 2015), plus an optional weight EMA.
 
 All parameters live in one contiguous vector (see ``nn.ScoreNetwork``), so a step is one fused
-kernel over the buffer instead of one small update per tensor.
+kernel over the buffer instead of one small update per tensor. ``lr`` may change between steps
+(the trainer sets it from ``schedule.LRSchedule``). The EMA's decay warms up
+(``schedule.ema_decay``): a fixed 0.999 from step 1 would hold the average near the random
+initial weights for the first ~1,000 steps.
 """
+from .schedule import ema_decay
 
 
 class Adam:
@@ -26,7 +30,7 @@ class Adam:
         ops.adam_step(self.params, grads, self.m, self.v, self.lr, self.beta1, self.beta2, self.eps,
                       self.step_count)
         if self.ema is not None:
-            ops.ema_update(self.ema, self.params, self.ema_decay)
+            ops.ema_update(self.ema, self.params, ema_decay(self.step_count - 1, self.ema_decay))
 
     @property
     def eval_params(self):

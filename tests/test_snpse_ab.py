@@ -103,31 +103,31 @@ def test_constant_weights_train_bit_identically(constant):
 
 def test_validation_loss_is_weighted_the_same_way():
     """The early-stopping loss is mean_i w_i l_i over the (tiled) validation rows."""
+    from snpse_np.backend import get_backend
     from snpse_np.nn import ScoreNetwork
+    from snpse_np.npse import ValidationSet
     from snpse_np.score import ScoreModel
+    from snpse_np.sde import VPSDE
     from snpse_np.time_sampling import TimeSampler
-    inference = sn.NPSE(sn.Normal(np.zeros(2), np.ones(2)), sde="vp", backend="numpy", seed=0,
-                        show_progress=False, dtype=np.float64)
-    be = inference.backend
+    be = get_backend("numpy")
+    sde = VPSDE()
     net = ScoreNetwork.paper(2, 2, 32)
-    model = ScoreModel(net, inference.sde, "noise", "sigma", 0.1)
+    model = ScoreModel(net, sde, "noise", "sigma", 0.1)
     params = net.init(np.random.default_rng(1), np.float64)
     rng = np.random.default_rng(2)
     th, xs, w = rng.standard_normal((40, 2)), rng.standard_normal((40, 2)), rng.uniform(0.2, 3.0, 40)
-    times = TimeSampler(inference.sde)
-    inference.rng = np.random.default_rng(5)
-    plain = inference._validation_set(model, th, xs, 16, times)
-    inference.rng = np.random.default_rng(5)
-    weighted = inference._validation_set(model, th, xs, 16, times, w)
+    times = TimeSampler(sde)
+    plain = ValidationSet(model, be, th, xs, 16, times, np.random.default_rng(5), np.float64)
+    weighted = ValidationSet(model, be, th, xs, 16, times, np.random.default_rng(5), np.float64, weights=w)
     w_rows = np.tile(w, 25)  # 40 rows repeated to reach 1,000
     total, start = 0.0, 0
-    for theta_in, xb, z, tau, c in plain[0]:
+    for theta_in, xb, z, tau, c in plain.batches:
         b = theta_in.shape[0]
         out = net.forward(be, params, theta_in, tau, net.workspace(be, b, np.float64, train=True), x=xb)
         total += np.sum(w_rows[start:start + b] * np.mean((c[:, None] * out + z) ** 2, 1))
         start += b
-    assert start == 1000
-    assert inference._validation_loss(model, params, weighted) == pytest.approx(total / 1000, rel=1e-10)
+    assert start == 1000 == plain.rows
+    assert weighted.loss(params) == pytest.approx(total / 1000, rel=1e-10)
 
 
 def test_bad_weights_raise():
