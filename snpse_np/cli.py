@@ -2,6 +2,7 @@
 
     snpse run two_moons                 simulate, train, sample, summarise, write results
     snpse bench --task slcp ...         benchmark runs appended to a CSV (see snpse_np.bench)
+    snpse check post.npz --task ...     SBC, coverage, TARP, predictive checks (see snpse_np.check)
 
 A bad argument (a ValueError from the package) ends with one line on stderr and exit status 2,
 as argparse's own usage errors do, not a traceback.
@@ -43,8 +44,8 @@ def _run(args):
     if args.sde == "ve" and task.ve_sigma_limits is not None:
         sde_kwargs["sigma_min"] = task.ve_sigma_limits[0]
     inference = sn.NPSE(task.prior, sde=args.sde, backend=args.backend, seed=args.seed,
-                        show_progress=not args.quiet, **sde_kwargs)
-    posterior = inference.append_simulations(theta, x).train(max_epochs=args.max_epochs,
+                        show_progress=not args.quiet, threads=args.threads, **sde_kwargs)
+    posterior = inference.append_simulations(theta, x).train(max_steps=args.max_steps, max_epochs=args.max_epochs,
                                                              max_seconds=args.max_seconds)
     t0 = time.perf_counter()
     samples = posterior.sample(args.num_samples, x=x_o, sampler=args.sampler, seed=args.seed + 2,
@@ -107,8 +108,13 @@ def main(argv=None):
     run.add_argument("--num-samples", type=_positive_int, default=10_000)
     run.add_argument("--backend", default=None, type=_backend, choices=[None, "numpy", "numba", "cuda"],
                      metavar="{auto,numpy,numba,cuda}", help="auto (the default): the best available")
-    run.add_argument("--max-epochs", type=int, default=None)
-    run.add_argument("--max-seconds", type=float, default=600.0, help="cap on training wall time (s)")
+    run.add_argument("--max-steps", type=_positive_int, default=None,
+                     help="training budget in Adam steps (default: chosen from the number of simulations)")
+    run.add_argument("--max-epochs", type=_positive_int, default=None, help="training budget in epochs")
+    run.add_argument("--max-seconds", type=float, default=None,
+                     help="wall-clock training budget (s): the learning rate anneals to it")
+    run.add_argument("--threads", type=_positive_int, default=None,
+                     help="BLAS/Numba threads for training and sampling (default 1, or $SNPSE_THREADS)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest")
     run.add_argument("--no-c2st", action="store_true")
@@ -119,6 +125,8 @@ def main(argv=None):
         add_bench(sub)
     except ImportError:
         pass
+    from snpse_np.check import add_parser as add_check
+    add_check(sub)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -284,3 +284,29 @@ def test_plots_write_files(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         plot.rank_plot(ranks, 100, kind="violin")
 
+
+def test_snpse_check_cli(tmp_path):
+    """``snpse check`` end to end on a tiny two_moons posterior: every stage runs and reports."""
+    import json
+
+    import snpse_np as sn
+    from snpse_np.cli import main
+    task = sn.get_task("two_moons")
+    theta = task.prior.sample(600, seed=0)
+    x = sn.simulate(task.simulate, theta, seed=1, progress=False)
+    post = sn.NPSE(task.prior, seed=0, hidden=32, show_progress=False, backend="numpy").append_simulations(
+        theta, x).train(max_epochs=3)
+    path = tmp_path / "post.npz"
+    post.save(path)
+    out = tmp_path / "check"
+    args = ["check", str(path), "--task", "two_moons", "--num-sbc", "30", "--num-samples", "40", "--num-coverage",
+            "10", "--coverage-samples", "10", "--num-predictive", "50", "--sampler-steps", "4", "--out", str(out),
+            "--quiet", "--backend", "numpy"]
+    assert main(args) == 0
+    summary = json.loads((out / "check.json").read_text())
+    assert summary["rounds"] == 30 and len(summary["sbc"]["chi2_pvalue"]) == 2
+    assert len(summary["coverage"]["coverage"]) == 10 and summary["coverage"]["samples"] == 10
+    assert np.isfinite(summary["tarp"]["atc"]) and len(summary["predictive"]["quantile"]) == 2
+    with pytest.raises(SystemExit) as err:
+        main(args[:-2] + ["--num-sbc", "0"])
+    assert err.value.code == 2

@@ -1,0 +1,52 @@
+"""Rejection sampling with batches sized by the acceptance seen so far (one home for the loop).
+
+    keep = draw_until(n, d, draw, accept)
+
+``draw(m)`` returns m candidate rows (m, d); ``accept(rows)`` a boolean mask (m,). Each round
+asks for (missing / acceptance so far) x 1.2 candidates, at least ``min_batch`` and at most
+``max_batch``, so a posterior with 2% of its mass inside a 31-D prior box (the pyloric task's
+first round) costs a few rounds of the right size instead of 100 rounds of the missing count
+(which stopped at ~87% of n there). The acceptance estimate counts every candidate so far.
+"""
+import math
+
+import numpy as np
+
+
+class RejectionError(RuntimeError):
+    """Too few candidates were accepted within the allowed rounds (carries the acceptance rate)."""
+
+    def __init__(self, message, acceptance):
+        super().__init__(message)
+        self.acceptance = acceptance
+
+
+def draw_until(n, dim, draw, accept, max_rounds=100, min_batch=64, max_batch=1_000_000, progress=None,
+               what="inside the prior support"):
+    """n accepted rows (n, dim) from ``draw`` / ``accept`` (see the module docstring).
+
+    progress: an optional ``Progress`` told the count after each round. Raises RejectionError
+    naming the acceptance rate when ``max_rounds`` rounds do not give n rows.
+    """
+    kept, have, tried = [np.empty((0, dim))], 0, 0
+    for _ in range(max_rounds):
+        if have >= n:
+            break
+        missing = n - have
+        rate = have / tried if tried else 1.0
+        m = missing if not tried else math.ceil(1.2 * missing / max(rate, 1.0 / max_batch))
+        m = int(min(max(m, min_batch), max_batch))
+        cand = draw(m)
+        ok = np.asarray(accept(cand), dtype=bool)
+        tried += m
+        got = cand[ok][:missing]
+        kept.append(got)
+        have += got.shape[0]
+        if progress is not None:
+            progress.update(f"{have}/{n} {what} (acceptance {have / tried:.3g})", force=True)
+    if have < n:
+        acc = have / max(tried, 1)
+        raise RejectionError(f"only {have} of {n} samples fell {what} after {max_rounds} rounds "
+                             f"({tried} candidates, acceptance {acc:.3g}); the posterior may be poorly "
+                             f"trained", acc)
+    return np.concatenate(kept)[:n]
