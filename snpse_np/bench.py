@@ -192,7 +192,8 @@ def _bench(args):
     rows = run_benchmark(args.task, args.method, args.sde, args.budget, parse_obs(args.obs), args.seed,
                          args.backend, args.num_samples, args.c2st, args.csv, args.rounds, args.max_seconds,
                          show_progress=not args.quiet,
-                         train_kwargs=None if args.max_epochs is None else dict(max_epochs=args.max_epochs))
+                         train_kwargs={k: v for k, v in dict(max_epochs=args.max_epochs,
+                                                             max_steps=args.max_steps).items() if v is not None})
     print(summary_table(rows))
     if args.plot:
         plot_c2st(read_rows(args.csv) if args.csv else rows, args.plot)
@@ -212,8 +213,11 @@ def add_parser(sub):
     p.add_argument("--c2st", default="fast", choices=["fast", "sklearn"])
     p.add_argument("--csv", default="results/benchmark.csv")
     p.add_argument("--plot", default=None, help="write a C2ST-vs-budget plot (matplotlib) to this path")
-    p.add_argument("--max-seconds", type=float, default=None, help="cap on each training's wall time")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="each training's wall-clock budget (the learning rate anneals to it; load-dependent)")
     p.add_argument("--max-epochs", type=int, default=None,
-                   help="cap on each training's epochs (unlike --max-seconds, independent of the machine's load)")
+                   help="each training's budget in epochs (unlike --max-seconds, independent of the machine's load)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="each training's budget in Adam steps (default: the package's, from the number of simulations)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_bench)
