@@ -67,10 +67,23 @@ def test_ema_warms_up_and_auto_decay_follows_the_budget():
 def test_default_steps_grows_with_data_and_is_clipped():
     a, b, c = default_steps(850), default_steps(8_500), default_steps(85_000)
     assert 2_000 <= a < b < c <= 60_000
-    assert b == pytest.approx(220 * np.sqrt(8_500), abs=1)
-    assert c == 60_000 and b / a == pytest.approx(np.sqrt(10), rel=1e-3)  # sqrt(n): fewer passes, more data
+    assert b == pytest.approx(165 * np.sqrt(8_500), abs=1)
+    assert c / b == pytest.approx(np.sqrt(10), rel=1e-3) and b / a == pytest.approx(np.sqrt(10), rel=1e-3)
     assert default_steps(8_500, batch=256) == pytest.approx(b / 2, abs=1)
     assert default_steps(10 ** 7) == 60_000 and default_steps(10) == 2_000
+
+
+def test_auto_learning_rate_is_lower_with_few_simulations():
+    from snpse_np.schedule import auto_learning_rate
+    assert auto_learning_rate(8_500) == auto_learning_rate(10 ** 6) == pytest.approx(2e-3)
+    assert auto_learning_rate(2_125) == pytest.approx(5e-4)
+    assert auto_learning_rate(100) == pytest.approx(5e-4)  # the floor
+    theta, x = _data(300)
+    inf = _npse().append_simulations(theta, x)
+    inf.train(max_steps=3)
+    assert inf.summary["learning_rate"] == pytest.approx(5e-4)
+    inf.train(max_steps=3, learning_rate=1e-2)
+    assert inf.summary["learning_rate"] == 1e-2
 
 
 def _data(n=300, seed=0):

@@ -93,7 +93,7 @@ def simulator(theta, seed=None):
     return theta + np.sqrt(NOISE) * np.random.default_rng(seed).standard_normal(theta.shape)
 
 
-FAST = dict(max_epochs=80, patience=20)
+FAST = dict(max_steps=3000)  # the default schedule annealed over 3,000 steps
 
 
 def test_two_rounds_recover_the_analytic_posterior():

@@ -164,7 +164,7 @@ def test_weights_follow_their_rows():
         inference.append_simulations(theta, x)
     kept, _ = inference.get_simulations()
     w = np.exp(kept[:, 0] - 0.5)
-    posterior = inference.train(max_epochs=40, patience=10, sample_weights=w)
+    posterior = inference.train(max_steps=2000, sample_weights=w)
     s = posterior.sample(4000, x=[0.0], seed=3, method="rk4", steps=30)
     # measured: mean 0.93, std 1.21 (without the weights: mean -0.01, std 1.14; short training
     # leaves the network over-dispersed)
@@ -302,7 +302,7 @@ def test_log_weights_ess():
 
 NOISE = 0.1
 X_O = np.array([0.7, -0.4])
-FAST = dict(max_epochs=80, patience=20)
+FAST = dict(max_steps=3000)  # the default schedule annealed over 3,000 steps
 FAST_ODE = dict(method="rk4", steps=20)
 
 
