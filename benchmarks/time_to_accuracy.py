@@ -68,7 +68,8 @@ def run_ours(task, theta, x, observations, steps, seed, classifier, num_samples,
             samples = posterior.sample(num_samples, x=task.observation(k), seed=child_seed(seed, 3, k),
                                        reject_outside_prior=True)
             t_sample = time.perf_counter() - t0
-            row = dict(method="snpse_np", steps=inference.summary["steps"], budget_arg=str(s), obs=k,
+            method = "snpse_np" if "learning_rate" not in tk else f"snpse_np lr {tk['learning_rate']:g}"
+            row = dict(method=method, steps=inference.summary["steps"], budget_arg=str(s), obs=k,
                        train_s=t_train, sample_s=t_sample, c2st=_score(task, k, samples, classifier), load=_load())
             rows.append(row)
             say(row)
@@ -167,6 +168,8 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=10_000)
     p.add_argument("--no-sbi", action="store_true", help="skip sbi even when it is installed")
     p.add_argument("--json", default=None, help="append every row to this JSON-lines file")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="snpse_np's peak rate (default: the package's 'auto'); rows are labelled with it")
     args = p.parse_args(argv)
 
     task = get_task(args.task)
@@ -179,14 +182,15 @@ def main(argv=None):
     x = sn.simulate(task.simulate, theta, seed=child_seed(args.seed, 2), progress=False)
 
     def say(row):
-        print(f"  {row['method']:8} steps {row['steps']:>6} obs {row['obs']:>2}: C2ST {row['c2st']:.3f}  "
+        print(f"  {row['method']:17} steps {row['steps']:>6} obs {row['obs']:>2}: C2ST {row['c2st']:.3f}  "
               f"train {row['train_s']:7.1f}s  sample {row['sample_s']:6.1f}s  (load {row['load']:.1f})", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(dict(row, task=task.name, budget=args.budget, c2st_classifier=args.c2st,
                                          machine=machine_name())) + "\n")
 
-    rows = run_ours(task, theta, x, observations, steps, args.seed, args.c2st, args.num_samples, say)
+    tk = None if args.learning_rate is None else dict(learning_rate=args.learning_rate)
+    rows = run_ours(task, theta, x, observations, steps, args.seed, args.c2st, args.num_samples, say, tk)
     have_sbi = False
     if not args.no_sbi:
         try:
@@ -198,11 +202,11 @@ def main(argv=None):
         rows += run_sbi(task, theta, x, observations, args.seed, args.c2st, args.num_samples, say)
 
     table = summarise(rows, observations)
-    print(f"\n{'method':9} {'steps':>7} {'C2ST':>6} {'per obs':>22} {'train s':>8} {'sample s':>9} {'total s':>8}")
+    print(f"\n{'method':18} {'steps':>7} {'C2ST':>6} {'per obs':>22} {'train s':>8} {'sample s':>9} {'total s':>8}")
     for r in table:
-        print(f"{r['method']:9} {str(r['steps']):>7} {r['c2st']:6.3f} {str(r['per_obs']):>22} {r['train_s']:8.1f} "
+        print(f"{r['method']:18} {str(r['steps']):>7} {r['c2st']:6.3f} {str(r['per_obs']):>22} {r['train_s']:8.1f} "
               f"{r['sample_s']:9.1f} {r['total_s']:8.1f}")
-    ours = [r for r in table if r["method"] == "snpse_np"]
+    ours = [r for r in table if r["method"].startswith("snpse_np")]
     best = min(r["c2st"] for r in ours)
     near = min((r for r in ours if r["c2st"] <= best + 0.01), key=lambda r: r["total_s"])
     print(f"\nsnpse_np best C2ST {best:.3f}; within 0.01 of it at {near['total_s']:.1f}s ({near['steps']} steps)")

@@ -47,7 +47,8 @@ from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
 from snpse_np.npse import TrainStep  # noqa: E402
 from snpse_np.optim import Adam  # noqa: E402
-from snpse_np.sampling import ScoreField, euler_maruyama  # noqa: E402
+from snpse_np.sampling import euler_maruyama  # noqa: E402
+from snpse_np.score import ScoreField  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
 from snpse_np.sde import make_sde  # noqa: E402
 

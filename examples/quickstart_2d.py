@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 import snpse_np as sn
-from snpse_np.sampling import ScoreField
+from snpse_np.score import ScoreField
 
 NOISE = 0.05
 X_O = np.array([0.6])
@@ -53,7 +53,7 @@ def learned_score(posterior, theta, x, t):
     """The learned score at time t in theta's own units, (n, 2).
 
     The network works in z-scored space, z = (theta - mean) / std, so by the chain rule
-    grad_theta log p = grad_z log p / std (the score field is evaluated there: sampling.ScoreField)."""
+    grad_theta log p = grad_z log p / std (the score field is evaluated there: score.ScoreField)."""
     be, std = posterior.backend, posterior.theta_std
     field = ScoreField(posterior.model, be, posterior.params, posterior.embed(x[None]), theta.shape[0],
                        posterior.dtype)

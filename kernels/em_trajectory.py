@@ -79,7 +79,8 @@ from kernels.fused_mlp import SIM_ACTIVE, Tile, device_functions  # noqa: E402
 from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.backends import numpy_ref  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
-from snpse_np.sampling import ScoreField, euler_maruyama, ode_fixed, time_grid  # noqa: E402
+from snpse_np.sampling import euler_maruyama, ode_fixed, time_grid  # noqa: E402
+from snpse_np.score import ScoreField  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
 from snpse_np.sde import make_sde  # noqa: E402
 

@@ -50,7 +50,7 @@ from snpse_np.backend import get_backend  # noqa: E402
 from snpse_np.nn import ScoreNetwork  # noqa: E402
 from snpse_np.npse import StepDraws  # noqa: E402
 from snpse_np.optim import Adam  # noqa: E402
-from snpse_np.sampling import ScoreField  # noqa: E402
+from snpse_np.score import ScoreField  # noqa: E402
 from snpse_np.score import ScoreModel  # noqa: E402
 from snpse_np.sde import make_sde  # noqa: E402
 

@@ -21,12 +21,13 @@ from .simulate import simulate  # noqa: E402,F401
 
 _LAZY = {
     "NPSE": ("npse", "NPSE"),
+    "NLSE": ("nlse", "NLSE"),
     "ScorePosterior": ("posterior", "ScorePosterior"),
     "load": ("posterior", "load"),
     "TSNPSE": ("sequential", "TSNPSE"),
-    "SNPSEA": ("snpse_ab", "SNPSEA"),  # experimental
-    "SNPSEB": ("snpse_ab", "SNPSEB"),  # experimental
-    "SIRPosterior": ("snpse_ab", "SIRPosterior"),  # experimental
+    "SNPSEA": ("snpse_a", "SNPSEA"),  # experimental
+    "SNPSEB": ("snpse_b", "SNPSEB"),  # experimental
+    "SIRPosterior": ("sir", "SIRPosterior"),  # experimental
     "c2st": ("metrics", "c2st"),
     "get_backend": ("backend", "get_backend"),
     "get_task": ("tasks", "get_task"),

@@ -64,12 +64,49 @@ def _sde_kwargs(task, sde):
     return {}
 
 
-def _score(task, k, samples, classifier):
+def npse_on_task(task, num_simulations, observations, seed=0, sde="ve", backend=None, sampler="ode",
+                 num_samples=10_000, threads=None, train_kwargs=None, show_progress=True, say=None):
+    """Simulate, train, sample: one amortised NPSE on ``task`` (``snpse run`` and the NPSE benchmark).
+
+    Draws ``num_simulations`` parameters from the task's prior (seed ``child_seed(seed, 1)``),
+    simulates them (``child_seed(seed, 2)``), trains one NPSE (seed ``seed``; ``train_kwargs`` to
+    ``NPSE.train``; the VE sigma_min from the task where it gives one) and draws ``num_samples``
+    at each observation number k in ``observations`` with ``sampler``, rejecting draws outside
+    the prior (``child_seed(seed, 3, k)``). say: None or a callable told a line after the
+    simulations and after each sampling. Returns (inference, posterior, draws), draws a list of
+    (k, samples (num_samples, dim_theta), sample seconds).
+    """
+    from .npse import NPSE
+    from .rng import child_seed
+    from .simulate import simulate
+
+    t0 = time.perf_counter()
+    theta = task.prior.sample(num_simulations, seed=child_seed(seed, 1))
+    x = simulate(task.simulate, theta, seed=child_seed(seed, 2), progress=show_progress)
+    if say is not None:
+        say(f"simulated {num_simulations} in {time.perf_counter() - t0:.1f}s")
+    inference = NPSE(task.prior, sde=sde, backend=backend, seed=seed, show_progress=show_progress,
+                     threads=threads, **_sde_kwargs(task, sde))
+    posterior = inference.append_simulations(theta, x).train(**dict(train_kwargs or {}))
+    draws = []
+    for k in observations:
+        t0 = time.perf_counter()
+        samples = posterior.sample(num_samples, x=task.observation(k), sampler=sampler, seed=child_seed(seed, 3, k),
+                                   reject_outside_prior=True)
+        t_sample = time.perf_counter() - t0
+        if say is not None:
+            say(f"sampled {num_samples} in {t_sample:.1f}s ({sampler} sampler)")
+        draws.append((k, samples, t_sample))
+    return inference, posterior, draws
+
+
+def score_samples(reference, samples, classifier="fast"):
+    """(C2ST, posterior mean error, variance ratio) of samples (n, d) against reference draws (m, d);
+    the C2ST on the first min(n, m) rows of each."""
     from .metrics import c2st, posterior_mean_error, posterior_variance_ratio
-    ref = task.reference_samples(k)
-    n = min(len(ref), len(samples))
-    return (c2st(ref[:n], samples[:n], classifier=classifier), posterior_mean_error(samples, ref),
-            posterior_variance_ratio(samples, ref))
+    n = min(len(reference), len(samples))
+    return (c2st(reference[:n], samples[:n], classifier=classifier), posterior_mean_error(samples, reference),
+            posterior_variance_ratio(samples, reference))
 
 
 def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observations=(1,), seed=0, backend=None,
@@ -106,17 +143,11 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
                   f"(train {row['train_seconds']:.0f}s, sample {row['sample_seconds']:.0f}s)", flush=True)
 
     if method == "npse":
-        theta = task.prior.sample(budget, seed=child_seed(seed, 1))
-        x = sn.simulate(task.simulate, theta, seed=child_seed(seed, 2), progress=show_progress)
-        inference = sn.NPSE(task.prior, sde=sde, backend=be, seed=seed, show_progress=show_progress,
-                            **_sde_kwargs(task, sde))
-        posterior = inference.append_simulations(theta, x).train(**train_kwargs)
-        for k in observations:
-            t0 = time.perf_counter()
-            samples = posterior.sample(num_samples, x=task.observation(k), seed=child_seed(seed, 3, k),
-                                       reject_outside_prior=True)
-            t_sample = time.perf_counter() - t0
-            c, me, vr = _score(task, k, samples, classifier)
+        inference, _, draws = npse_on_task(task, budget, observations, seed=seed, sde=sde, backend=be,
+                                           num_samples=num_samples, train_kwargs=train_kwargs,
+                                           show_progress=show_progress)
+        for k, samples, t_sample in draws:
+            c, me, vr = score_samples(task.reference_samples(k), samples, classifier)
             emit(dict(base, observation=k, c2st=c, mean_error=me, variance_ratio=vr,
                       train_seconds=inference.summary["train_seconds"], sample_seconds=t_sample,
                       truncation_seconds=0.0, simulations=budget - inference.n_invalid))
@@ -128,7 +159,7 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
             t0 = time.perf_counter()
             samples = posterior.sample(num_samples, seed=child_seed(seed, 3, k), reject_outside_prior=True)
             t_sample = time.perf_counter() - t0
-            c, me, vr = _score(task, k, samples, classifier)
+            c, me, vr = score_samples(task.reference_samples(k), samples, classifier)
             emit(dict(base, observation=k, c2st=c, mean_error=me, variance_ratio=vr,
                       train_seconds=sum(r["train_seconds"] for r in run.rounds), sample_seconds=t_sample,
                       truncation_seconds=sum(r["truncation_seconds"] for r in run.rounds),

@@ -1,6 +1,7 @@
 """The ``snpse`` command.
 
     snpse run two_moons                 simulate, train, sample, summarise, write results
+                                        (the run of ``snpse bench --method npse``, one observation)
     snpse bench --task slcp ...         benchmark runs appended to a CSV (see snpse_np.bench)
     snpse check post.npz --task ...     SBC, coverage, TARP, predictive checks (see snpse_np.check)
 
@@ -27,31 +28,20 @@ def _check_out_dir(out):
 
 
 def _run(args):
-    import snpse_np as sn
+    from snpse_np.bench import npse_on_task, score_samples
     from snpse_np.files import write_atomic
     from snpse_np.tasks import get_task
 
     _check_out_dir(args.out)  # found out at the end, it would throw away simulation and training
     task = get_task(args.task)
-    x_o = task.observation(args.obs)
+    task.observation(args.obs)  # a bad observation number fails here, before any work
     print(f"task {task.name}: dim theta {task.dim_theta}, dim x {task.dim_x}, observation {args.obs}")
-    t0 = time.perf_counter()
-    theta = task.prior.sample(args.num_simulations, seed=args.seed)
-    x = sn.simulate(task.simulate, theta, seed=args.seed + 1, progress=not args.quiet)
-    t_sim = time.perf_counter() - t0
-    print(f"simulated {args.num_simulations} in {t_sim:.1f}s")
-    sde_kwargs = {}
-    if args.sde == "ve" and task.ve_sigma_limits is not None:
-        sde_kwargs["sigma_min"] = task.ve_sigma_limits[0]
-    inference = sn.NPSE(task.prior, sde=args.sde, backend=args.backend, seed=args.seed,
-                        show_progress=not args.quiet, threads=args.threads, **sde_kwargs)
-    posterior = inference.append_simulations(theta, x).train(max_steps=args.max_steps, max_epochs=args.max_epochs,
-                                                             max_seconds=args.max_seconds)
-    t0 = time.perf_counter()
-    samples = posterior.sample(args.num_samples, x=x_o, sampler=args.sampler, seed=args.seed + 2,
-                               reject_outside_prior=True)
-    t_sample = time.perf_counter() - t0
-    print(f"sampled {args.num_samples} in {t_sample:.1f}s ({args.sampler} sampler)")
+    train_kwargs = {k: v for k, v in dict(max_steps=args.max_steps, max_epochs=args.max_epochs,
+                                          max_seconds=args.max_seconds).items() if v is not None}
+    _, posterior, [(_, samples, _)] = npse_on_task(
+        task, args.num_simulations, [args.obs], seed=args.seed, sde=args.sde, backend=args.backend,
+        sampler=args.sampler, num_samples=args.num_samples, threads=args.threads, train_kwargs=train_kwargs,
+        show_progress=not args.quiet, say=print)
     ref = None
     try:
         ref = task.reference_samples(args.obs)
@@ -64,9 +54,8 @@ def _run(args):
         rs = f"{ref[:, j].std():9.4f}" if ref is not None else f"{'-':>9}"
         print(f"{j + 1:>4} {samples[:, j].mean():9.4f} {samples[:, j].std():9.4f} {rm} {rs} {true[j]:9.4f}")
     if ref is not None and not args.no_c2st:
-        from snpse_np.metrics import c2st
         t0 = time.perf_counter()
-        score = c2st(ref[:args.num_samples], samples[:len(ref)], classifier="fast")
+        score = score_samples(ref, samples, classifier="fast")[0]
         print(f"C2ST against the sbibm reference (fast classifier): {score:.3f} "
               f"({time.perf_counter() - t0:.1f}s; 0.5 is perfect)")
     header = ",".join(f"theta_{j + 1}" for j in range(task.dim_theta))

@@ -68,6 +68,7 @@ import math
 import numpy as np
 
 from .rng import as_generator
+from .score import Field, ScoreField, ScoreJacobian
 
 IID_METHODS = ("auto_gauss", "gauss", "jac_gauss", "fnpe", "fnpe_marginal")
 LANGEVIN_METHODS = ("fnpe", "fnpe_marginal")  # bridges, not marginals: annealed Langevin only
@@ -437,62 +438,10 @@ def _psd(M):
     return np.einsum("...ij,...j,...kj->...ik", V, np.maximum(w, 0.0), V)
 
 
-class ScoreJacobian:
-    """Per-row score and its Jacobian ds/dz of the learned score, for rows with per-row x parts.
-
-    ``__call__(z, t)`` -> (s (R, d), J (R, d, d)) on the host in float64, with
-    ds/dz = (c_in / c_out) d net / d theta_in by d forward-mode tangents (``ScoreNetwork.tangent``),
-    over chunks of ``CPU_CHUNK_ROWS`` rows on the CPU (the tangent buffers stay in cache).
-    xc: (R, h0) device rows, one per row of z.
-    """
-
-    def __init__(self, model, backend, params, xc, dtype):
-        from .sampling import CPU_CHUNK_ROWS
-        self.model, self.backend, self.xc, self.dtype = model, backend, xc, dtype
-        self.net = model.net
-        self.params = self.net.views(params)
-        self.rows = xc.shape[0]
-        self.chunk = self.rows if backend.name == "cuda" else min(self.rows, CPU_CHUNK_ROWS)
-        self._ws = {}
-
-    def _buffers(self, rows):
-        if rows not in self._ws:
-            d = self.net.dim_theta
-            eye = np.zeros((d, rows, d), dtype=self.dtype)
-            for k in range(d):
-                eye[k, :, k] = 1.0
-            self._ws[rows] = (self.net.workspace(self.backend, rows, self.dtype, tangents=d),
-                              self.backend.to_device(eye))
-        return self._ws[rows]
-
-    def __call__(self, z, t):
-        be, d = self.backend, self.net.dim_theta
-        n = z.shape[0]
-        _, _, c_in, c_out, tau = self.model.coefficients(np.asarray(t, dtype=np.float64))
-        s_out, j_out = np.empty((n, d)), np.empty((n, d, d))
-        for a in range(0, n, self.chunk):
-            b = min(n, a + self.chunk)
-            ws, eye = self._buffers(b - a)
-            if np.ndim(t) == 0:
-                ci, co, ta = float(c_in), float(c_out), float(tau)
-                theta_in = be.to_device((z[a:b] * ci).astype(self.dtype))
-                tau_c = ta
-                scale_s, scale_j = 1.0 / co, ci / co
-            else:
-                ci, co = c_in[a:b], c_out[a:b]
-                theta_in = be.to_device((z[a:b] * ci[:, None]).astype(self.dtype))
-                tau_c = be.to_device(tau[a:b].astype(self.dtype))
-                scale_s, scale_j = (1.0 / co)[:, None], (ci / co)[:, None, None]
-            out = self.net.forward(be, self.params, theta_in, tau_c, ws, xc=self.xc[a:b])
-            s_out[a:b] = be.to_host(out).astype(np.float64) * scale_s
-            tan = be.to_host(self.net.tangent(be, self.params, eye, ws)).astype(np.float64)  # (d, R, d)
-            j_out[a:b] = np.transpose(tan, (1, 2, 0)) * scale_j  # J[r, i, k] = d out_i / d in_k
-        return s_out, j_out
-
-
-class IIDField:
+class IIDField(Field):
     """The composed score for B rows and m trials, with the interface the samplers drive
-    (``score``, ``velocity``, ``backend``, ``sde``, ``dtype``, ``_dev``), like ``ScoreField``.
+    (``score.Field``: ``score``, ``velocity``, ``backend``, ``sde``, ``dtype``, ``to_device``), like
+    ``ScoreField``; no ``velocity_div`` (composed scores give no log-densities).
 
     The m x B per-trial scores come from ONE network batch of m B rows (theta tiled, trial-major)
     with per-row x parts: xc_trials (m, h0) is each trial's x-embedding, computed once per call by
@@ -502,7 +451,6 @@ class IIDField:
 
     def __init__(self, model, backend, params, xc_trials, batch, dtype, method, prior, post_precision=None,
                  precision_ratio=100.0):
-        from .sampling import ScoreField
         if method not in IID_METHODS:
             raise ValueError(f"unknown iid_method {method!r}; choose from {IID_METHODS}")
         self.model, self.backend, self.sde, self.dtype = model, backend, model.sde, dtype
@@ -514,12 +462,6 @@ class IIDField:
             self.jac = ScoreJacobian(model, backend, params, xc_rows, dtype)
         else:
             self.trials = ScoreField(model, backend, params, xc_rows, self.m * self.batch, dtype)
-
-    def _dev(self, a):
-        return self.backend.to_device(np.ascontiguousarray(a, dtype=self.dtype))
-
-    def _col(self, a):
-        return float(a) if np.ndim(a) == 0 else self._dev(a)[:, None]
 
     def score(self, theta, t):
         be, m = self.backend, self.m
@@ -537,13 +479,7 @@ class IIDField:
             alpha, sigma = float(alpha), float(sigma)
         S = compose(self.method, s, z, t, alpha, sigma, self.sde.T, self.prior, self.post_precision, jac,
                     self.precision_ratio)
-        return self._dev(S)
-
-    def velocity(self, theta, t):
-        """v = f(t) theta - g(t)^2 S / 2 with the composed score S."""
-        S = self.score(theta, t)
-        f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
-        return self._col(f) * theta - self._col(0.5 * g * g) * S
+        return self.to_device(S)  # velocity (from Field) is f theta - g^2 S / 2
 
 
 def check_iid_params(method, iid_params):

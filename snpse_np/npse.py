@@ -41,9 +41,12 @@ from .time_sampling import TimeSampler
 # (two_moons, 4,000 steps: C2ST 0.59 against 0.74); the peak rate 2e-3, lower with few
 # simulations (``schedule.auto_learning_rate``); the weight EMA (window 5% of the budget) leaves
 # C2ST unchanged and makes log-densities better (correlation 0.960 -> 0.974 at 2,125 rows);
-# patience "auto" stops a run whose EMA validation loss has stopped improving for a quarter of
-# its steps (over-fitting with few simulations). "wsd" (cool-down at a plateau) measured worse
-# on slcp (0.80 against 0.78) and is an option.
+# patience "auto": when the EMA validation loss has stopped improving for a quarter of the steps
+# run, the rate anneals from its value there over a cool-down of a quarter of those steps
+# (``LRSchedule.begin_cooldown``) instead of running on; stopping there instead, at a rate still
+# high, lost accuracy (gaussian_linear at 10k, obs 1-5: C2ST 0.607 stopped, 0.575 cooled down).
+# "wsd" (a constant rate until the plateau, then the cool-down) measured worse on slcp (0.80
+# against 0.78) and is an option.
 TRAIN_DEFAULTS = dict(max_steps=None, max_epochs=None, batch_size=128, learning_rate="auto", lr_schedule="cosine",
                       warmup_steps=200, final_learning_rate=0.0, validation_fraction=0.15, patience="auto",
                       min_improvement=0.0, ema_decay="auto", max_seconds=None, time_sampling="uniform",
@@ -118,28 +121,36 @@ class StepDraws:
     """A training step's host draws, packed for ONE host-to-device copy (on the GPU each copy
     costs more than a layer). Shapes: batch B, theta dimension d.
 
-    Packed rows (each B long): alpha, sigma, c_in, tau, c = sigma / c_out, then z (B, d) and,
+    Packed rows (each B long): alpha, sigma, c_in, tau, c = sigma / c_out
+    (``ScoreModel.dsm_coefficients``), then z (B, d) and,
     with weights, z' = sqrt(w) z (B, d). A weighted loss runs through the unweighted kernel: with
     c' = sqrt(w) c and z' = sqrt(w) z, r' = c' out + z' = sqrt(w) r, so dsm_loss gives mean w r^2
-    and dout = 2 w c r / (B d).
+    and dout = 2 w c r / (B d). ``shifted``: the loss target is z + shift (B, d) (``fill``'s
+    ``shift``; NLSE, ``snpse_np.nlse``), in the same second slot (times sqrt(w) with weights).
     """
 
-    def __init__(self, model, batch, dim_theta, dtype, weighted=False):
+    def __init__(self, model, batch, dim_theta, dtype, weighted=False, shifted=False):
         self.model, self.B, self.d = model, int(batch), int(dim_theta)
-        self.weighted = bool(weighted)
-        self.host = np.empty((5 + self.d * (2 if weighted else 1)) * self.B, dtype)
+        self.weighted, self.shifted = bool(weighted), bool(shifted)
+        self.separate = self.weighted or self.shifted  # a loss target apart from the perturbation's z
+        self.host = np.empty((5 + self.d * (2 if self.separate else 1)) * self.B, dtype)
 
-    def fill(self, t, z, sqrt_w=None):
-        """Host side: the coefficients at times t (B,), the noise z (B, d), weights' roots (B,)."""
+    def fill(self, t, z, sqrt_w=None, shift=None):
+        """Host side: the coefficients at times t (B,), the noise z (B, d), weights' roots (B,),
+        the loss target's shift (B, d) (only with ``shifted``)."""
         B, d, host = self.B, self.d, self.host
-        alpha, sigma, c_in, c_out, tau = self.model.coefficients(t)
-        for k, v in enumerate((alpha, sigma, c_in, tau, sigma / c_out)):
+        if (shift is not None) != self.shifted:
+            raise ValueError("a shift must be given exactly when the draws are shifted")
+        for k, v in enumerate(self.model.dsm_coefficients(t)):  # alpha, sigma, c_in, tau, c
             host[k * B:(k + 1) * B] = v
         z_host = host[5 * B:(5 + d) * B].reshape(B, d)
         z_host[...] = z
-        if self.weighted:
-            host[4 * B:5 * B] *= sqrt_w
-            host[(5 + d) * B:].reshape(B, d)[...] = z_host * sqrt_w[:, None]
+        if self.separate:
+            target = z + shift if self.shifted else z_host
+            if self.weighted:
+                host[4 * B:5 * B] *= sqrt_w
+                target = target * sqrt_w[:, None]
+            host[(5 + d) * B:].reshape(B, d)[...] = target
 
     def upload(self, backend):
         """One copy; returns device views (alpha, sigma, c_in, tau, c, z, z for the loss)."""
@@ -147,8 +158,21 @@ class StepDraws:
         dev = backend.to_device(self.host)
         a, s, c_in, tau, c = (dev[k * B:(k + 1) * B] for k in range(5))
         z = dev[5 * B:(5 + d) * B].reshape(B, d)
-        z_loss = dev[(5 + d) * B:].reshape(B, d) if self.weighted else z
+        z_loss = dev[(5 + d) * B:].reshape(B, d) if self.separate else z
         return a, s, c_in, tau, c, z, z_loss
+
+
+def target_shift(sde, added_score, theta0, t, z):
+    """sigma_t g(theta_t, t) (B, d) float64: the DSM target's shift when the network's score is
+    trained as s_net = s_target - g (``added_score`` g; NLSE: the diffused prior's score).
+
+    With s = out / c_out + g the row loss mean_j (sigma s_j + z_j)^2 is mean_j (c out_j + z'_j)^2
+    with z' = z + sigma g(theta_t, t), theta_t = alpha_t theta0 + sigma_t z (host float64 here).
+    theta0 (B, d) host rows, t (B,), z (B, d).
+    """
+    alpha, sigma = sde.marginal(np.asarray(t, dtype=np.float64))
+    theta_t = alpha[:, None] * np.asarray(theta0, dtype=np.float64) + sigma[:, None] * z
+    return sigma[:, None] * added_score(theta_t, t)
 
 
 class TrainStep:
@@ -162,10 +186,12 @@ class TrainStep:
         params  <- Adam(params, grads)                    optim.Adam.step (lr: opt.lr)
 
     Buffers (workspace, parameter and gradient views, the packed draws) are made once here.
-    ``opt`` holds the flat parameter buffer the step updates.
+    ``opt`` holds the flat parameter buffer the step updates. ``added_score``: None, or a host
+    function g(theta_t (B, d) float64, t (B,)) -> (B, d) added to the network's score in the loss
+    (the target becomes z + sigma g, see ``target_shift``; NLSE's diffused prior score).
     """
 
-    def __init__(self, model, backend, opt, batch, dtype, weighted=False):
+    def __init__(self, model, backend, opt, batch, dtype, weighted=False, added_score=None):
         xp, net = backend.xp, model.net
         self.model, self.backend, self.net, self.opt = model, backend, net, opt
         self.B, self.d = int(batch), net.dim_theta
@@ -174,7 +200,8 @@ class TrainStep:
         self.pv, self.gv = net.views(opt.params), net.views(self.grads)
         self.ws = net.workspace(backend, self.B, dtype, train=True)
         self.theta_in, self.dout = xp.empty((self.B, self.d), dtype), xp.empty((self.B, self.d), dtype)
-        self.draws = StepDraws(model, self.B, self.d, dtype, weighted=weighted)
+        self.added_score = added_score
+        self.draws = StepDraws(model, self.B, self.d, dtype, weighted=weighted, shifted=added_score is not None)
 
     def __call__(self, theta0, x, t, z, sqrt_w=None):
         """theta0 (B, d) and x (B, p): device rows (standardised); t (B,) float64 host times;
@@ -183,7 +210,9 @@ class TrainStep:
         Returns the batch loss (float). A non-finite loss returns before the update (the caller
         decides what to tell the user)."""
         be = self.backend
-        self.draws.fill(t, z, sqrt_w)
+        shift = None if self.added_score is None else target_shift(self.model.sde, self.added_score,
+                                                                    be.to_host(theta0), t, z)
+        self.draws.fill(t, z, sqrt_w, shift)
         a, s, c_in, tau, c, z_d, z_loss = self.draws.upload(be)
         be.ops.dsm_perturb(self.theta_in, theta0, z_d, a, s, c_in)
         out = self.net.forward(be, self.pv, self.theta_in, tau, self.ws, x=x)
@@ -200,10 +229,12 @@ class ValidationSet:
 
     theta (n, d), x (n, p): standardised host rows, tiled until at least ``min_rows`` rows are
     scored; weights (n,) importance weights (mean 1) or None, folded in as in training. The
-    perturbation runs through the same ops as a training step (``StepDraws``, ``dsm_perturb``).
+    perturbation runs through the same ops as a training step (``StepDraws``, ``dsm_perturb``);
+    ``added_score`` shifts the target as in ``TrainStep``.
     """
 
-    def __init__(self, model, backend, theta, x, batch, times, rng, dtype, weights=None, min_rows=1000):
+    def __init__(self, model, backend, theta, x, batch, times, rng, dtype, weights=None, min_rows=1000,
+                 added_score=None):
         be, xp, net = backend, backend.xp, model.net
         self.model, self.backend, self.net = model, backend, net
         reps = max(1, int(math.ceil(min_rows / theta.shape[0])))
@@ -215,8 +246,10 @@ class ValidationSet:
         for s in range(0, theta.shape[0], batch):
             sl = slice(s, s + batch)
             b = theta[sl].shape[0]
-            draws = StepDraws(model, b, net.dim_theta, dtype, weighted=weights is not None)
-            draws.fill(t[sl], z[sl], None if sqrt_w is None else sqrt_w[sl])
+            draws = StepDraws(model, b, net.dim_theta, dtype, weighted=weights is not None,
+                              shifted=added_score is not None)
+            shift = None if added_score is None else target_shift(model.sde, added_score, theta[sl], t[sl], z[sl])
+            draws.fill(t[sl], z[sl], None if sqrt_w is None else sqrt_w[sl], shift)
             a, sg, c_in, tau, c, z_d, z_loss = draws.upload(be)
             theta_in = xp.empty((b, net.dim_theta), dtype)
             be.ops.dsm_perturb(theta_in, be.to_device(theta[sl].astype(dtype)), z_d, a, sg, c_in)
@@ -320,10 +353,12 @@ class NPSE:
         as make at least ``min_steps_per_epoch`` steps (with few simulations one pass is a
         handful of steps); after each epoch the validation loss of the evaluation weights (the
         weight EMA, when on) is computed on noise and times drawn once, and the weights with the
-        best one are kept (with "wsd": the best of the cool-down). ``patience`` counts steps
-        without an improvement by more than ``min_improvement`` (relative): an int, "auto"
-        (a quarter of the steps run so far, at least 1,000) or ``math.inf`` (never); it stops
-        the run ("wsd": starts the cool-down). ``ema_decay``: a float in (0, 1), "auto" (an
+        best one are kept (once a cool-down began: the best of the cool-down). ``patience``
+        counts steps without an improvement by more than ``min_improvement`` (relative): an
+        int, "auto" (a quarter of the steps run so far, at least 1,000) or ``math.inf`` (never);
+        it starts the cool-down (the rate anneals linearly from its current value to
+        ``final_learning_rate`` over a quarter of the steps run, within the budget), or, with
+        ``lr_schedule="constant"``, stops the run. ``ema_decay``: a float in (0, 1), "auto" (an
         averaging window of 5% of the budget) or 0 (off). A NaN/inf loss stops with a
         FloatingPointError. ``time_sampling``: "uniform" t or "lognormal" sigma (see
         ``time_sampling``; measured worse on two_moons and slcp). ``init_params`` starts from
@@ -383,14 +418,15 @@ class NPSE:
         else:
             total = default_steps(n_tr, B)
         warmup = min(int(opts["warmup_steps"]), total // 2)
-        peak = auto_learning_rate(n_tr) if opts["learning_rate"] == "auto" else float(opts["learning_rate"])
+        peak = auto_learning_rate(n_tr, total, B) if opts["learning_rate"] == "auto" else float(opts["learning_rate"])
         if opts["final_learning_rate"] > peak:
             raise ValueError(f"final_learning_rate must lie in [0, learning_rate = {peak:g}], "
                              f"got {opts['final_learning_rate']!r}")
         sched = LRSchedule(peak, total, warmup, opts["final_learning_rate"], opts["lr_schedule"], opts["max_seconds"])
         decay = auto_ema_decay(total) if opts["ema_decay"] == "auto" else (opts["ema_decay"] or None)
         opt = Adam(be, params, sched.lr(0), ema_decay=decay)
-        step = TrainStep(model, be, opt, B, dt, weighted=weights is not None)
+        added = self._added_score(theta_std)  # None; NLSE (snpse_np.nlse): the diffused prior's score
+        step = TrainStep(model, be, opt, B, dt, weighted=weights is not None, added_score=added)
         th_tr, x_tr = be.to_device(th[tr_idx].astype(dt)), be.to_device(xs[tr_idx].astype(dt))
         d = net.dim_theta
         if weights is not None:
@@ -399,14 +435,14 @@ class NPSE:
         times = TimeSampler(self.sde, opts["time_sampling"])
         w_val = None if weights is None else weights[val_idx] / weights[val_idx].mean()
         val = ValidationSet(model, be, th[val_idx], xs[val_idx], B, times,
-                            np.random.default_rng(self.rng.integers(2 ** 63)), dt, w_val)
+                            np.random.default_rng(self.rng.integers(2 ** 63)), dt, w_val, added_score=added)
         best, best_epoch, best_params = math.inf, 0, opt.eval_params.copy()
         plateau = Plateau(opts["patience"], opts["min_improvement"])
         progress = Progress(show)
         history = []
         stop_reason = None
         k = epoch = 0
-        cooldown_seen = False  # wsd: the best weights are taken from the cool-down only
+        cooldown_seen = False  # after a cool-down began, the best weights are taken from it only
         max_epochs = -(-total // steps_per_epoch)
         while epoch < max_epochs and stop_reason is None:
             epoch += 1
@@ -428,7 +464,7 @@ class NPSE:
                 count += 1
                 k += 1
                 if sched.finished(k, progress.elapsed):
-                    stop_reason = ("cooled down" if sched.kind == "wsd" else
+                    stop_reason = ("cooled down" if sched.cooling else
                                    "max_seconds" if k < total else "budget done")
                     break
             train_loss = total_loss / max(count, 1)
@@ -444,12 +480,11 @@ class NPSE:
                 best, best_epoch = val_loss, epoch
                 best_params[...] = opt.eval_params
             if stop_reason is None and plateau.update(k, val_loss):
-                if sched.kind == "wsd":
-                    if not sched.cooling:
-                        sched.begin_cooldown(k, progress.elapsed)
-                        cooldown_seen, best = True, math.inf
-                else:
+                if sched.kind == "constant":
                     stop_reason = "early stopping"
+                elif not sched.cooling:  # anneal from here instead of stopping at a high rate
+                    sched.begin_cooldown(k, progress.elapsed)
+                    cooldown_seen, best = True, math.inf
             phase = "cool-down" if sched.cooling else "stable" if sched.kind == "wsd" else sched.kind
             progress.update(f"step {k:6d}/{total} ({phase})  lr {opt.lr:.2e}  train {train_loss:.4f}  "
                             f"val {val_loss:.4f}  best {best:.4f} (epoch {best_epoch})  {progress.elapsed:6.1f}s")
@@ -471,6 +506,12 @@ class NPSE:
         self._posterior = ScorePosterior(model, best_params, theta_std, x_std, self.prior, be, dtype=dt,
                                          threads=self.threads)
         return self._posterior
+
+    def _added_score(self, theta_std):
+        """A score g(z_t, t) added to the network's in the DSM loss (``TrainStep``), or None: the
+        hook a variant that learns part of the score overrides (``nlse.NLSE``); called in ``train``
+        after the z-scoring ``theta_std`` and the VE sigma_max are fixed."""
+        return None
 
     def _initial_params(self, net, init_params, dtype):
         """A fresh initialisation, or the given weights (a warm start), as a host (size,) array."""

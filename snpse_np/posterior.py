@@ -22,9 +22,8 @@ from .nn import ScoreNetwork
 from .progress import Progress
 from .rejection import draw_until
 from .rng import as_generator
-from .sampling import (CPU_CHUNK_ROWS, ODE_METHODS, SAMPLE_ODE_METHODS, SAMPLERS, ScoreField, euler_maruyama,
-                       ode_edm, ode_fixed, ode_rk45)
-from .score import ScoreModel
+from .sampling import get_ode_solver, get_sampler, run_sampler
+from .score import CPU_CHUNK_ROWS, ScoreField, ScoreJacobian, ScoreModel
 from .sde import sde_from_config
 from .standardize import Standardizer
 from .threads import check_threads, uses_threads
@@ -61,10 +60,13 @@ class ScorePosterior:
 
     def set_default_x(self, x):
         """Set the observation used when ``x`` is not given; returns self (sbi-style)."""
-        self.default_x = self._check_x(x)
+        self.default_x = self.check_x(x)
         return self
 
-    def _check_x(self, x):
+    def check_x(self, x):
+        """One observation x (p,) or (1, p) checked (dimension, finite, z-scorable) as a (p,)
+        array; None gives the default observation. Samplers, the truncated prior and the
+        sequential methods call it so every entry point refuses a bad x the same way."""
         if x is None:
             if self.default_x is None:
                 raise ValueError("no observation: pass x=... or call set_default_x(x_o) first")
@@ -101,6 +103,13 @@ class ScorePosterior:
         self._xc_cache = (x.copy(), xc)
         return xc
 
+    def _field(self, xc, rows, divergence=None, seed=None):
+        """The posterior's score field (``score.Field``) for ``rows`` rows with x part(s) xc (1 or
+        rows, h0): what sampling, log-densities and the MAP drive (``nlse.NLSEPosterior`` adds
+        the diffused prior's score to the network's here)."""
+        return ScoreField(self.model, self.backend, self.params, xc, rows, self.dtype, divergence=divergence,
+                          seed=seed)
+
     # ------------------------------------------------------------------ sampling
 
     @uses_threads
@@ -132,7 +141,7 @@ class ScorePosterior:
             return self._sample_iid(n, trials, sampler, opts, as_generator(seed), batch_size, corrector_steps, snr,
                                     rtol, atol, reject_outside_prior, max_rejection_rounds, Progress(show_progress),
                                     iid_method, iid_params)
-        x = self._check_x(x)
+        x = self.check_x(x)
         rng = as_generator(seed)
         progress = Progress(show_progress)
         if not reject_outside_prior:
@@ -152,9 +161,9 @@ class ScorePosterior:
         out = np.empty((n, d), dtype=np.float64)
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            field = ScoreField(self.model, be, self.params, xc, b, self.dtype)
+            field = self._field(xc, b)
             theta = be.to_device(self.sde.prior_sample(b, d, rng).astype(self.dtype))
-            theta = _integrate(field, theta, sampler, opts, rng, corrector_steps, snr, rtol, atol)
+            theta = run_sampler(sampler, field, theta, opts, rng, corrector_steps, snr, rtol, atol)
             out[start:start + b] = self.theta_std.inverse(be.to_host(theta))
         return out
 
@@ -180,18 +189,17 @@ class ScorePosterior:
             theta = theta[None, :]
         if theta.ndim != 2 or theta.shape[1] != self.dim_theta:
             raise ValueError(f"theta must have shape (n, {self.dim_theta}), got {theta.shape}")
-        if not isinstance(method, str) or method not in ODE_METHODS:
-            raise ValueError(f"unknown ODE method {method!r}; choose from {ODE_METHODS}")
-        if method == "rk45" and steps is not None:
+        solver = get_ode_solver(method, log_density=True)
+        if solver.adaptive and steps is not None:
             raise ValueError("steps does not apply to the adaptive rk45 method (it picks its own steps; "
                              "set rtol/atol), pass method='euler', 'heun' or 'rk4' for a fixed number of steps")
         steps = 100 if steps is None else integer(steps, "steps", minimum=1)
         rtol, atol = real(rtol, "rtol", above=0.0), real(atol, "atol", above=0.0)
         trials = self._iid_trials(x)
         if trials is not None:  # m > 1 i.i.d. trials: sum of per-trial log-densities (unnormalised)
-            return self._log_prob_iid(theta, trials, method, None if method == "rk45" else steps, exact, seed,
+            return self._log_prob_iid(theta, trials, method, None if solver.adaptive else steps, exact, seed,
                                       rtol, atol, batch_size)
-        x = self._check_x(x)
+        x = self.check_x(x)
         rng = as_generator(seed)
         be = self.backend
         if batch_size is None:
@@ -259,9 +267,9 @@ class ScorePosterior:
         for a in range(0, trial.size, batch_size):
             b = min(trial.size, a + batch_size)
             xc = xp.take(xc_trials, be.to_device(trial[a:b]), axis=0)
-            field = ScoreField(self.model, be, self.params, xc, b - a, self.dtype)
+            field = self._field(xc, b - a)
             theta = be.to_device(self.sde.prior_sample(b - a, d, rng).astype(self.dtype))
-            theta = _integrate(field, theta, sampler, opts, rng, corrector_steps, snr, rtol, atol)
+            theta = run_sampler(sampler, field, theta, opts, rng, corrector_steps, snr, rtol, atol)
             out[a:b] = self.theta_std.inverse(be.to_host(theta))
             if progress is not None:
                 progress.update(f"sampled {done + b}/{total}  {progress.elapsed:.1f}s")
@@ -318,13 +326,10 @@ class ScorePosterior:
         """log p(theta | x) (R,) by the PF-ODE (with the standardisation's Jacobian) for z-space rows
         z (R, d) on the host and their x parts xc (1 or R, h0); one integration (callers chunk)."""
         be = self.backend
-        field = ScoreField(self.model, be, self.params, xc, z.shape[0], self.dtype,
-                           divergence="exact" if exact else "hutchinson", seed=rng)
+        field = self._field(xc, z.shape[0], divergence="exact" if exact else "hutchinson", seed=rng)
         th = be.to_device(z.astype(self.dtype))
-        if method == "rk45":
-            th1, delta, _ = ode_rk45(field, th, rtol=rtol, atol=atol, with_div=True, forward=True)
-        else:
-            th1, delta = ode_fixed(field, th, steps, method, with_div=True, forward=True)
+        solver = get_ode_solver(method, log_density=True)
+        th1, delta = solver.solve(field, th, steps, rtol, atol, with_div=True, forward=True)
         return (self.sde.prior_log_prob(be.to_host(th1).astype(np.float64))
                 + be.to_host(delta).astype(np.float64) - self.theta_std.log_abs_det)
 
@@ -344,9 +349,8 @@ class ScorePosterior:
         if theta.ndim != 3 or theta.shape[0] != m or theta.shape[2] != d:
             raise ValueError(f"theta must have shape ({m}, n, {d}) (one block per row of x) or (n, {d}), "
                              f"got {theta.shape}")
-        if not isinstance(method, str) or method not in ODE_METHODS:
-            raise ValueError(f"unknown ODE method {method!r}; choose from {ODE_METHODS}")
-        if method == "rk45" and steps is not None:
+        solver = get_ode_solver(method, log_density=True)
+        if solver.adaptive and steps is not None:
             raise ValueError("steps does not apply to the adaptive rk45 method (set rtol/atol)")
         steps = 100 if steps is None else integer(steps, "steps", minimum=1)
         rtol, atol = real(rtol, "rtol", above=0.0), real(atol, "atol", above=0.0)
@@ -433,7 +437,7 @@ class ScorePosterior:
                 field = IIDField(self.model, be, self.params, xc, b - a, self.dtype, iid_method, prior_z, post,
                                  iid.get("precision_ratio", 100.0))
                 theta = be.to_device((start_scale * self.sde.prior_sample(b - a, d, rng)).astype(self.dtype))
-                theta = _integrate(field, theta, sampler, opts, rng, corrector_steps, snr, rtol, atol)
+                theta = run_sampler(sampler, field, theta, opts, rng, corrector_steps, snr, rtol, atol)
                 out[a:b] = self.theta_std.inverse(be.to_host(theta))
                 progress.update(f"sampled {b}/{k} (i.i.d., {m} trials)  {progress.elapsed:.1f}s")
             return out
@@ -498,7 +502,7 @@ class ScorePosterior:
            default: the ODE log-density of a learned score can peak away from the mass (bench_map,
            VP seed 1: its maximum sat 0.2 from the true mode while the samples' mean was exact).
         """
-        from .iid import BoxDiffusedPrior, IIDField, ScoreJacobian, check_iid_params
+        from .iid import BoxDiffusedPrior, IIDField, check_iid_params
         num_init = integer(num_init, "num_init", minimum=1)
         num_ascend = min(integer(num_ascend, "num_ascend", minimum=1), num_init)
         num_iter = integer(num_iter, "num_iter", minimum=0)
@@ -510,20 +514,19 @@ class ScorePosterior:
             t = real(t, "t")
             if not self.sde.t_min <= t <= self.sde.T:
                 raise ValueError(f"t must lie in [t_min, T] = [{self.sde.t_min}, {self.sde.T}], got {t}")
-        if not isinstance(log_prob_method, str) or log_prob_method not in ODE_METHODS:
-            raise ValueError(f"unknown ODE method {log_prob_method!r}; choose from {ODE_METHODS}")
-        lp_kw = dict(method=log_prob_method, steps=None if log_prob_method == "rk45" else log_prob_steps)
+        lp_adaptive = get_ode_solver(log_prob_method, log_density=True).adaptive
+        lp_kw = dict(method=log_prob_method, steps=None if lp_adaptive else log_prob_steps)
         rng = as_generator(seed)
         progress = Progress(show_progress)
         trials = self._iid_trials(x)
         be, d, t_min = self.backend, self.dim_theta, self.sde.t_min
         if trials is None:
-            x = self._check_x(x)
+            x = self.check_x(x)
             init = self.sample(num_init, x=x, method="edm", steps=init_steps, seed=rng)
             xc = self._condition(x)
 
             def field(rows):
-                return ScoreField(self.model, be, self.params, xc, rows, self.dtype)
+                return self._field(xc, rows)
         else:
             x = trials
             init = self.sample(num_init, x=trials, method="edm", steps=init_steps, seed=rng, iid_method=iid_method,
@@ -809,35 +812,21 @@ def _read_prior(path, arrays, meta, bad):
 def _sampler_opts(sampler, steps, method):
     """The sampler's options {method, steps} from ``SAMPLE_DEFAULTS`` and the caller's steps/method,
     checked (``sample``, ``sample_batched``)."""
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+    get_sampler(sampler)  # ValueError "unknown sampler" naming the registered ones
     opts = dict(SAMPLE_DEFAULTS[sampler])
     if steps is not None:
         opts["steps"] = integer(steps, "steps", minimum=1)
     if method is not None:
         if sampler != "ode":
             raise ValueError("method applies to sampler='ode' only")
-        if not isinstance(method, str) or method not in SAMPLE_ODE_METHODS:
-            raise ValueError(f"unknown ODE method {method!r}; choose from {SAMPLE_ODE_METHODS}")
+        get_ode_solver(method)  # ValueError "unknown ODE method" naming the registered ones
         opts["method"] = method
         if steps is None and method in ODE_DEFAULT_STEPS:
             opts["steps"] = ODE_DEFAULT_STEPS[method]
-    if sampler == "ode" and opts.get("method") == "rk45" and steps is not None:
+    if sampler == "ode" and get_ode_solver(opts["method"]).adaptive and steps is not None:
         raise ValueError("steps does not apply to the adaptive rk45 method (it picks its own steps; "
                          "set rtol/atol), pass method='euler', 'heun' or 'rk4' for a fixed number of steps")
     return opts
-
-
-def _integrate(field, theta, sampler, opts, rng, corrector_steps, snr, rtol, atol):
-    """Run the chosen sampler on ``field`` from theta (B, d) at t = 1 down to t_min; returns theta."""
-    if sampler == "ode":
-        if opts["method"] == "rk45":
-            return ode_rk45(field, theta, rtol=rtol, atol=atol)[0]
-        if opts["method"] == "edm":
-            return ode_edm(field, theta, opts["steps"])
-        return ode_fixed(field, theta, opts["steps"], opts["method"])[0]
-    return euler_maruyama(field, theta, opts["steps"], rng,
-                          corrector_steps=corrector_steps if sampler == "pc" else 0, snr=snr)
 
 
 def _centred_cov(z):

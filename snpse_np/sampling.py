@@ -16,20 +16,24 @@ Log-density by the instantaneous change of variables (Chen et al. 2018; paper eq
     log p_0(theta) = log pi(theta_1) + int_{t_min}^1 div v(theta_t, t) dt,
 integrating (theta, Delta) forward in time, with div v = d f(t) - g(t)^2 Tr(ds/dtheta) / 2 and
 Tr(ds/dtheta) = (c_in / c_out) Tr(d net / d theta_in), the latter either exact (d forward-mode
-tangents e_k through the network) or the Hutchinson estimate v . (J v) with Rademacher v.
+tangents e_k through the network) or the Hutchinson estimate v . (J v) with Rademacher v
+(``score.ScoreField.velocity_div``).
+
+Every sampler drives a field (the protocol in ``score``: ``score``, ``velocity``,
+``velocity_div``, ``to_device``, ``backend``, ``sde``, ``dtype``): ``score.ScoreField`` for a
+trained network, ``iid.IIDField`` for composed i.i.d. scores, the exact Gaussian field of the tests.
+
+The pieces are registered by name (dicts filled at import by the decorators below; unknown names
+raise ValueError naming the choices): predictors (``register_predictor``: "euler_maruyama"),
+correctors (``register_corrector``: "langevin"), fixed ODE steps (``register_ode_step``: "euler",
+"heun", "rk4"), PF-ODE methods (``register_ode_solver``: those three, "rk45", "edm") and the
+samplers ``ScorePosterior.sample`` offers ("ode", "sde", "pc": ``get_sampler`` / ``run_sampler``).
 
 Shapes: theta (B, d), per-row times t (B,), x conditioning rows xc (1, h0) or (B, h0) (one per row).
 """
 import numpy as np
 
-SAMPLERS = ("ode", "sde", "pc")
-# On the CPU the network runs over chunks of this many rows: a chunk's 256-wide float32
-# activations (1 MB) stay in cache between a GEMM and its activation (~15% faster per
-# Euler-Maruyama step at 10,000 rows here, kernels/em_trajectory.py). The GPU takes the batch whole.
-CPU_CHUNK_ROWS = 1024
-FIXED_STEP_METHODS = ("euler", "heun", "rk4")  # uniform in t (``time_grid``); "edm" is its own grid
-ODE_METHODS = FIXED_STEP_METHODS + ("rk45",)  # sampling and log-densities
-SAMPLE_ODE_METHODS = ODE_METHODS + ("edm",)  # sampling only (``ode_edm`` integrates no divergence)
+from .score import CPU_CHUNK_ROWS, ScoreField  # noqa: F401  (re-exported: their home is score.py)
 
 # Dormand-Prince 5(4) tableau (Dormand & Prince 1980), FSAL.
 _DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -41,135 +45,6 @@ _DP_A = ((),
          (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
          (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
 _DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)  # b5 - b4
-
-
-class ScoreField:
-    """The score model bound to parameters and one observation (xc (1, h0)), or one x part per
-    row (xc (B, h0): ``ScorePosterior.sample_batched`` and the i.i.d. trials), for a batch of B rows.
-
-    ``score(theta, t)``, ``velocity(theta, t)`` and ``velocity_div(theta, t)`` evaluate the
-    network on the backend; t is one float (the same time for every row: the fixed-step
-    samplers; nothing is copied to the device and the time row is folded into the network's
-    bias) or a float64 numpy array (B,) of per-row times (adaptive RK45).
-    ``score`` returns the network's output buffer scaled in place: use it before the next call.
-    """
-
-    def __init__(self, model, backend, params, xc, batch, dtype, divergence=None, seed=None):
-        from .rng import as_generator
-        self.model, self.backend, self.xc = model, backend, xc
-        if xc.shape[0] not in (1, batch):
-            raise ValueError(f"xc must have 1 or {batch} rows (one per row of the batch), got {xc.shape[0]}")
-        self.per_row_x = xc.shape[0] != 1 or batch == 1
-        self.net, self.sde = model.net, model.sde
-        self.params = self.net.views(params)  # built once: the loops below reuse them
-        self.dtype = dtype
-        self.divergence = divergence
-        d = self.net.dim_theta
-        tangents = {None: 0, "exact": d, "hutchinson": 1}[divergence]
-        xp = backend.xp
-        # tangents reuse the last forward's caches, so with a divergence the batch runs whole
-        chunked = divergence is None and backend.name != "cuda" and batch > CPU_CHUNK_ROWS
-        self.chunk = CPU_CHUNK_ROWS if chunked else batch
-        self.ws = self.net.workspace(backend, self.chunk, dtype, tangents=tangents)
-        self.theta_in = xp.empty((self.chunk, d), dtype=dtype)
-        self.out = xp.empty((batch, d), dtype=dtype) if chunked else None
-        self._ragged = {}  # rows -> (workspace, theta_in) for a last chunk of another size
-        # Per-row x parts in runs of equal rows (sample_batched and the i.i.d. trials keep an
-        # observation's rows together) run segment by segment with the run's ONE row, so the network
-        # folds the x part and a shared time into its bias as for one observation; the per-row path
-        # embeds the time in every row (20-25% more work per evaluation). Runs under 64 rows stay per row.
-        self.segments = None
-        if self.per_row_x and divergence is None and backend.name != "cuda" and batch > 1:
-            host = backend.to_host(xc)
-            bounds = np.concatenate([[0], np.flatnonzero(np.any(host[1:] != host[:-1], axis=1)) + 1, [batch]])
-            if np.min(np.diff(bounds)) >= 64:
-                self.segments = [(s, min(b, s + self.chunk)) for a, b in zip(bounds[:-1], bounds[1:])
-                                 for s in range(a, b, self.chunk)]
-                if len(self.segments) > 1 and self.out is None:
-                    self.out = xp.empty((batch, d), dtype=dtype)
-        self.rng = as_generator(seed)
-        if divergence == "exact":
-            eye = np.zeros((d, batch, d), dtype=dtype)
-            for k in range(d):
-                eye[k, :, k] = 1.0
-            self.t_in = backend.to_device(eye)
-
-    def _dev(self, a):
-        return self.backend.to_device(np.ascontiguousarray(a, dtype=self.dtype))
-
-    def _col(self, a):
-        """A per-row coefficient as a (B, 1) device column, or a float when t is one float."""
-        return float(a) if np.ndim(a) == 0 else self._dev(a)[:, None]
-
-    def _buffers(self, rows):
-        if rows == self.chunk:
-            return self.ws, self.theta_in
-        if rows not in self._ragged:
-            self._ragged[rows] = (self.net.workspace(self.backend, rows, self.dtype),
-                                  self.backend.xp.empty((rows, self.net.dim_theta), dtype=self.dtype))
-        return self._ragged[rows]
-
-    def _net(self, theta, t):
-        """(network output (B, d), c_in, c_out) at theta_in = c_in theta; chunked on the CPU."""
-        xp, n = self.backend.xp, theta.shape[0]
-        if np.ndim(t) == 0:
-            _, _, c_in, c_out, tau = (float(c) for c in self.model.coefficients(np.float64(t)))
-        else:
-            _, _, c_in, c_out, tau = self.model.coefficients(t)
-            c_in_d, tau_d = self._dev(c_in), self._dev(tau)
-        spans = self.segments or [(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
-        for s, e in spans:
-            ws, theta_in = self._buffers(e - s)
-            if np.ndim(t) == 0:
-                xp.multiply(theta[s:e], c_in, out=theta_in)
-                tau_c = tau
-            else:
-                xp.multiply(theta[s:e], c_in_d[s:e, None], out=theta_in)
-                tau_c = tau_d[s:e]
-            if self.segments is not None:
-                xc = self.xc[s:s + 1]  # one run: its one row
-            else:
-                xc = self.xc[s:e] if self.per_row_x else self.xc  # per-row x parts follow the chunk
-            out = self.net.forward(self.backend, self.params, theta_in, tau_c, ws, xc=xc)
-            if self.out is None:
-                return out, c_in, c_out
-            self.out[s:e] = out
-        return self.out[:n], c_in, c_out
-
-    def score(self, theta, t):
-        out, _, c_out = self._net(theta, t)
-        if np.ndim(t) == 0:
-            out *= 1.0 / c_out
-        else:
-            out /= self._dev(c_out)[:, None]
-        return out
-
-    def velocity(self, theta, t):
-        """v = f(t) theta - g(t)^2 s / 2 (the probability-flow ODE right-hand side)."""
-        s = self.score(theta, t)
-        f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
-        return self._col(f) * theta - self._col(0.5 * g * g) * s
-
-    def velocity_div(self, theta, t):
-        """(v, div v) with the divergence exact or Hutchinson (see module docstring)."""
-        xp = self.backend.xp
-        out, c_in, c_out = self._net(theta, t)
-        f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
-        half_g2 = 0.5 * g * g
-        v = self._col(f) * theta - self._col(half_g2 / c_out) * out
-        if self.divergence == "exact":
-            t_in = self.t_in
-        else:
-            t_in = self._dev(self.rng.choice(np.array([-1.0, 1.0]), size=(1,) + theta.shape))
-        t_out = self.net.tangent(self.backend, self.params, t_in, self.ws)
-        tr = xp.empty(theta.shape[0], dtype=self.dtype)
-        self.backend.ops.trace_rows(tr, t_out, t_in)
-        d = theta.shape[1]
-        if np.ndim(t) == 0:
-            div = float(d * f) - float(half_g2 * c_in / c_out) * tr
-        else:
-            div = self._dev(d * f) - self._dev(half_g2 * c_in / c_out) * tr
-        return v, div
 
 
 def time_grid(sde, steps):
@@ -236,48 +111,186 @@ def ode_edm(field, theta, steps, rho=7.0):
     return x * float(alpha[-1])
 
 
-def euler_maruyama(field, theta, steps, rng, corrector_steps=0, snr=0.16, normal=None):
-    """Reverse-SDE Euler-Maruyama (+ optional Langevin corrector); theta (B, d) updated in place.
+# ---- registries: filled at import by the decorators below, read by ``posterior`` and the
+# truncation through the ``get_*`` functions (score_sde's sampling.py has the same shape) ----
+PREDICTORS = {}  # name -> Predictor subclass: one reverse-SDE step
+CORRECTORS = {}  # name -> Corrector subclass: MCMC steps at a fixed time
+ODE_STEPS = {}  # name -> one fixed step of the probability-flow ODE on a uniform grid (``ode_fixed``)
+ODE_SOLVERS = {}  # name -> ODESolver: a whole PF-ODE integration (sampling; log-densities where it can)
+SAMPLER_RUNS = {}  # sampler name ("ode", "sde", "pc") -> the function ``run_sampler`` calls
+
+
+def _registrar(registry, kind):
+    def register(name):
+        def add(obj):
+            if name in registry:
+                raise ValueError(f"{kind} {name!r} is registered twice")
+            registry[name] = obj
+            return obj
+        return add
+    return register
+
+
+register_predictor = _registrar(PREDICTORS, "predictor")
+register_corrector = _registrar(CORRECTORS, "corrector")
+register_ode_step = _registrar(ODE_STEPS, "ODE step")
+_register_sampler = _registrar(SAMPLER_RUNS, "sampler")
+
+
+def _get(registry, name, what):
+    if not isinstance(name, str) or name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose from {tuple(registry)}")
+    return registry[name]
+
+
+def get_predictor(name):
+    """The Predictor class registered as ``name``; ValueError naming the choices otherwise."""
+    return _get(PREDICTORS, name, "predictor")
+
+
+def get_corrector(name):
+    """The Corrector class registered as ``name``; ValueError naming the choices otherwise."""
+    return _get(CORRECTORS, name, "corrector")
+
+
+class Predictor:
+    """One reverse-SDE step from t to t - h on the field's rows: ``update(theta, t, h, noise)``
+    updates theta (B, d) in place; ``noise`` is a (B, d) buffer the step may fill by
+    ``normal(noise)``. Built once per sampling run (buffers for B rows)."""
+
+    def __init__(self, field, rows, normal):
+        self.field, self.normal = field, normal
+
+    def update(self, theta, t, h, noise):
+        raise NotImplementedError
+
+
+class Corrector:
+    """``steps`` MCMC steps targeting p_t at time t (after a predictor step of size h):
+    ``update(theta, t, h, noise)`` updates theta (B, d) in place."""
+
+    def __init__(self, field, rows, normal, steps, snr):
+        self.field, self.normal, self.steps, self.snr = field, normal, int(steps), snr
+
+    def update(self, theta, t, h, noise):
+        raise NotImplementedError
+
+
+@register_predictor("euler_maruyama")
+class EulerMaruyama(Predictor):
+    """theta <- (1 - f h) theta + g^2 h s + g sqrt(h) z (``ops.affine_step``), the coefficient
+    rows filled on the device."""
+
+    def __init__(self, field, rows, normal):
+        super().__init__(field, rows, normal)
+        xp = field.backend.xp
+        self.a, self.b, self.c = (xp.empty(rows, dtype=field.dtype) for _ in range(3))
+
+    def update(self, theta, t, h, noise):
+        sde = self.field.sde
+        s = self.field.score(theta, t)
+        f, g = float(sde.drift_coef(t)), float(sde.diffusion(t))
+        self.normal(noise)
+        self.a.fill(1.0 - f * h)
+        self.b.fill(g * g * h)
+        self.c.fill(g * np.sqrt(h))
+        self.field.backend.ops.affine_step(theta, self.a, s, self.b, noise, self.c)
+
+
+@register_corrector("langevin")
+class Langevin(Corrector):
+    """Song et al.'s Langevin corrector (``ops.langevin_step``: step eps = 2 alpha (r |z| / |s|)^2,
+    per-row norms averaged over the batch), with alpha = 1 for VE and 1 - beta(t) h for VP-type SDEs."""
+
+    def update(self, theta, t, h, noise):
+        sde = self.field.sde
+        alpha = 1.0 if sde.name == "ve" else max(1.0 - float(sde.beta(t)) * h, 1e-3)
+        for _ in range(self.steps):
+            s = self.field.score(theta, t)
+            self.normal(noise)
+            self.field.backend.ops.langevin_step(theta, s, noise, self.snr, alpha)
+
+
+def reverse_sde(field, theta, steps, rng, predictor="euler_maruyama", corrector=None, corrector_steps=0, snr=0.16,
+                normal=None):
+    """Predictor steps on the uniform grid (``time_grid``) from t = 1 to t_min, each followed by
+    the corrector's ``corrector_steps`` steps at the new time when ``corrector`` names one;
+    theta (B, d) updated in place and returned.
 
     The noise is drawn where theta lives (``backend.normal_source``: on the GPU, on the device
     from a seed taken from ``rng``), or by ``normal(out)`` when given (the kernel lab feeds
-    fixed draws); the per-step coefficient rows are filled on the device. The loop makes no
-    host-device transfer and no synchronisation (CuPy 14.2 still refuses to capture it as a
-    CUDA graph: it rejects cuBLAS calls during capture).
+    fixed draws). The loop makes no host-device transfer and no synchronisation (CuPy 14.2 still
+    refuses to capture it as a CUDA graph: it rejects cuBLAS calls during capture).
     """
-    be, xp = field.backend, field.backend.xp
-    ops, sde, n = be.ops, field.sde, theta.shape[0]
-    grid = time_grid(sde, steps)
+    be, n = field.backend, theta.shape[0]
+    grid = time_grid(field.sde, steps)
     normal = normal or be.normal_source(rng)
-    noise = xp.empty_like(theta)
-    a, b, c = (xp.empty(n, dtype=theta.dtype) for _ in range(3))
+    noise = be.xp.empty_like(theta)
+    pred = get_predictor(predictor)(field, n, normal)
+    corr = get_corrector(corrector)(field, n, normal, corrector_steps, snr) if corrector and corrector_steps else None
     for i in range(len(grid) - 1):
         t, h = float(grid[i]), float(grid[i] - grid[i + 1])
-        s = field.score(theta, t)
-        f, g = float(sde.drift_coef(t)), float(sde.diffusion(t))
-        normal(noise)
-        a.fill(1.0 - f * h)
-        b.fill(g * g * h)
-        c.fill(g * np.sqrt(h))
-        ops.affine_step(theta, a, s, b, noise, c)
-        if corrector_steps:
-            t_next = float(grid[i + 1])
-            alpha = _langevin_alpha(sde, t_next, h)
-            for _ in range(corrector_steps):
-                s = field.score(theta, t_next)
-                normal(noise)
-                ops.langevin_step(theta, s, noise, snr, alpha)
+        pred.update(theta, t, h, noise)
+        if corr is not None:
+            corr.update(theta, float(grid[i + 1]), h, noise)
     return theta
 
 
-def _langevin_alpha(sde, t, h):
-    """Song et al.'s alpha_i in the corrector step: 1 for VE, 1 - beta(t) h for VP-type SDEs."""
-    return 1.0 if sde.name == "ve" else max(1.0 - float(sde.beta(t)) * h, 1e-3)
+def euler_maruyama(field, theta, steps, rng, corrector_steps=0, snr=0.16, normal=None):
+    """Reverse-SDE Euler-Maruyama (+ ``corrector_steps`` Langevin corrector steps after each
+    step); theta (B, d) updated in place and returned. ``reverse_sde`` with the registered
+    "euler_maruyama" predictor and "langevin" corrector."""
+    return reverse_sde(field, theta, steps, rng, "euler_maruyama", "langevin" if corrector_steps else None,
+                       corrector_steps, snr, normal)
+
+
+# One fixed step of (theta, Delta) from t0 to t1 = t0 + h: rhs(theta, t) -> (v, div v or None);
+# delta is None when no divergence is integrated.
+@register_ode_step("euler")
+def _euler_step(rhs, theta, delta, t0, t1):
+    h = t1 - t0
+    k1, d1 = rhs(theta, t0)
+    theta = theta + h * k1
+    if delta is not None:
+        delta = delta + h * d1
+    return theta, delta
+
+
+@register_ode_step("heun")
+def _heun_step(rhs, theta, delta, t0, t1):
+    h = t1 - t0
+    k1, d1 = rhs(theta, t0)
+    k2, d2 = rhs(theta + h * k1, t1)
+    theta = theta + 0.5 * h * (k1 + k2)
+    if delta is not None:
+        delta = delta + 0.5 * h * (d1 + d2)
+    return theta, delta
+
+
+@register_ode_step("rk4")
+def _rk4_step(rhs, theta, delta, t0, t1):
+    h = t1 - t0
+    k1, d1 = rhs(theta, t0)
+    tm = t0 + 0.5 * h
+    k2, d2 = rhs(theta + 0.5 * h * k1, tm)
+    k3, d3 = rhs(theta + 0.5 * h * k2, tm)
+    k4, d4 = rhs(theta + h * k3, t1)
+    theta = theta + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+    if delta is not None:
+        delta = delta + (h / 6.0) * (d1 + 2 * d2 + 2 * d3 + d4)
+    return theta, delta
+
+
+FIXED_STEP_METHODS = tuple(ODE_STEPS)  # uniform in t (``time_grid``); "edm" is its own grid
 
 
 def ode_fixed(field, theta, steps, method, with_div=False, forward=False):
-    """Fixed-step probability-flow ODE. Reverse (1 -> t_min) for sampling; ``forward`` and
-    ``with_div`` integrate (theta, Delta) from t_min to 1 for log-densities. Returns (theta, Delta)."""
+    """Fixed-step probability-flow ODE (``method`` a registered ODE step: "euler", "heun",
+    "rk4"). Reverse (1 -> t_min) for sampling; ``forward`` and ``with_div`` integrate
+    (theta, Delta) from t_min to 1 for log-densities. Returns (theta, Delta)."""
+    if not isinstance(method, str) or method not in ODE_STEPS:
+        raise ValueError(f"unknown ODE method {method!r}; choose from {FIXED_STEP_METHODS}")
+    step = ODE_STEPS[method]
     xp = field.backend.xp
     n = theta.shape[0]
     grid = time_grid(field.sde, steps)
@@ -291,28 +304,7 @@ def ode_fixed(field, theta, steps, method, with_div=False, forward=False):
         return field.velocity(th, float(t)), None
 
     for i in range(len(grid) - 1):
-        t0, t1 = grid[i], grid[i + 1]
-        h = t1 - t0  # negative in reverse time
-        k1, d1 = rhs(theta, t0)
-        if method == "euler":
-            theta = theta + h * k1
-            if with_div:
-                delta = delta + h * d1
-        elif method == "heun":
-            k2, d2 = rhs(theta + h * k1, t1)
-            theta = theta + 0.5 * h * (k1 + k2)
-            if with_div:
-                delta = delta + 0.5 * h * (d1 + d2)
-        elif method == "rk4":
-            tm = t0 + 0.5 * h
-            k2, d2 = rhs(theta + 0.5 * h * k1, tm)
-            k3, d3 = rhs(theta + 0.5 * h * k2, tm)
-            k4, d4 = rhs(theta + h * k3, t1)
-            theta = theta + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
-            if with_div:
-                delta = delta + (h / 6.0) * (d1 + 2 * d2 + 2 * d3 + d4)
-        else:
-            raise ValueError(f"unknown ODE method {method!r}; choose from {ODE_METHODS}")
+        theta, delta = step(rhs, theta, delta, grid[i], grid[i + 1])
     return theta, delta
 
 
@@ -348,7 +340,7 @@ def ode_rk45(field, theta, rtol=1e-4, atol=1e-4, with_div=False, forward=False, 
         # clip the last step onto the end time
         h = np.where(direction * (t + h - t_end) > 0, t_end - t, h)
         h = np.where(done, 0.0, h)
-        hd = field._dev(h)
+        hd = field.to_device(h)
         for s in range(1, 7):
             th = theta.copy()
             dl = None if delta is None else delta.copy()
@@ -376,7 +368,7 @@ def ode_rk45(field, theta, rtol=1e-4, atol=1e-4, with_div=False, forward=False, 
             dims += 1
         err_norm = np.sqrt(be.to_host(terms).astype(np.float64) / dims)
         accept = (err_norm <= 1.0) & ~done
-        acc_d = field._dev(accept.astype(np.float64)).astype(bool)
+        acc_d = field.to_device(accept.astype(np.float64)).astype(bool)
         theta = xp.where(acc_d[:, None], th, theta)
         if delta is not None:
             delta = xp.where(acc_d, dl, delta)
@@ -391,3 +383,94 @@ def ode_rk45(field, theta, rtol=1e-4, atol=1e-4, with_div=False, forward=False, 
         raise RuntimeError(f"rk45 did not finish within {max_steps} steps for {int((~done).sum())} rows; "
                            "loosen rtol/atol or use a fixed-step method")
     return theta, delta, evals
+
+
+class ODESolver:
+    """A registered probability-flow ODE method. ``solve(field, theta, steps, rtol, atol,
+    with_div=False, forward=False)`` -> (theta, Delta or None): reverse from t = 1 to t_min for
+    sampling, or, where ``log_density``, forward from t_min to 1 with the divergence integral
+    Delta (B,). ``adaptive`` methods pick their own steps (rtol/atol; ``steps`` is None);
+    fixed-step ones ignore rtol/atol."""
+
+    def __init__(self, name, solve, adaptive, log_density):
+        self.name, self.solve, self.adaptive, self.log_density = name, solve, adaptive, log_density
+
+    def __repr__(self):
+        return f"ODESolver({self.name!r}, adaptive={self.adaptive}, log_density={self.log_density})"
+
+
+def register_ode_solver(name, adaptive=False, log_density=True):
+    """Decorator: register ``solve`` (the signature of ``ODESolver.solve``) as the ODE method ``name``."""
+    def add(solve):
+        if name in ODE_SOLVERS:
+            raise ValueError(f"ODE method {name!r} is registered twice")
+        ODE_SOLVERS[name] = ODESolver(name, solve, adaptive, log_density)
+        return solve
+    return add
+
+
+def get_ode_solver(name, log_density=False):
+    """The ODESolver registered as ``name`` (among those that integrate the divergence when
+    ``log_density``); ValueError "unknown ODE method" naming the choices otherwise."""
+    choices = tuple(k for k, s in ODE_SOLVERS.items() if s.log_density or not log_density)
+    if not isinstance(name, str) or name not in choices:
+        raise ValueError(f"unknown ODE method {name!r}; choose from {choices}")
+    return ODE_SOLVERS[name]
+
+
+def _fixed_step_solver(method):
+    def solve(field, theta, steps, rtol=None, atol=None, with_div=False, forward=False):
+        return ode_fixed(field, theta, steps, method, with_div=with_div, forward=forward)
+    return solve
+
+
+for _method in ODE_STEPS:  # "euler", "heun", "rk4": ``ode_fixed`` with that step
+    register_ode_solver(_method)(_fixed_step_solver(_method))
+
+
+@register_ode_solver("rk45", adaptive=True)
+def _solve_rk45(field, theta, steps, rtol, atol, with_div=False, forward=False):
+    theta, delta, _ = ode_rk45(field, theta, rtol=rtol, atol=atol, with_div=with_div, forward=forward)
+    return theta, delta
+
+
+@register_ode_solver("edm", log_density=False)
+def _solve_edm(field, theta, steps, rtol=None, atol=None, with_div=False, forward=False):
+    if with_div or forward:
+        raise ValueError("the edm method integrates no divergence (sampling only); use euler, heun, rk4 or rk45")
+    return ode_edm(field, theta, steps), None
+
+
+ODE_METHODS = tuple(k for k, s in ODE_SOLVERS.items() if s.log_density)  # sampling and log-densities
+SAMPLE_ODE_METHODS = tuple(ODE_SOLVERS)  # sampling only: adds "edm" (``ode_edm`` integrates no divergence)
+
+
+# The samplers ``ScorePosterior.sample`` offers: f(field, theta, opts, rng, corrector_steps, snr,
+# rtol, atol) -> theta at t_min, with opts {"steps", "method" (ode)} from ``posterior.SAMPLE_DEFAULTS``.
+@_register_sampler("ode")
+def _sample_ode(field, theta, opts, rng, corrector_steps, snr, rtol, atol):
+    return get_ode_solver(opts["method"]).solve(field, theta, opts.get("steps"), rtol, atol)[0]
+
+
+@_register_sampler("sde")
+def _sample_sde(field, theta, opts, rng, corrector_steps, snr, rtol, atol):
+    return reverse_sde(field, theta, opts["steps"], rng, "euler_maruyama", snr=snr)
+
+
+@_register_sampler("pc")
+def _sample_pc(field, theta, opts, rng, corrector_steps, snr, rtol, atol):
+    return reverse_sde(field, theta, opts["steps"], rng, "euler_maruyama", "langevin", corrector_steps, snr)
+
+
+SAMPLERS = tuple(SAMPLER_RUNS)
+
+
+def get_sampler(name):
+    """The sampler function registered as ``name`` ("ode", "sde", "pc"); ValueError "unknown
+    sampler" naming the choices otherwise."""
+    return _get(SAMPLER_RUNS, name, "sampler")
+
+
+def run_sampler(name, field, theta, opts, rng, corrector_steps=0, snr=0.16, rtol=1e-4, atol=1e-4):
+    """Run the sampler ``name`` on ``field`` from theta (B, d) at t = 1 down to t_min; returns theta."""
+    return get_sampler(name)(field, theta, opts, rng, corrector_steps, snr, rtol, atol)

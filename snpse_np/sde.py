@@ -4,13 +4,15 @@ Every SDE here has a linear drift f(theta, t) = f(t) theta and Gaussian transiti
 
     p_{t|0}(theta_t | theta_0) = N(alpha_t theta_0, sigma_t^2 I),
 
-so the interface is a handful of scalar functions of t (arrays of t work elementwise):
+so the interface (the abstract base ``SDE``; score_sde's ``sde_lib.SDE`` has the same role) is a
+handful of scalar functions of t (t a float or a float64 array of any shape; results have its shape):
 
-- ``drift_coef(t)``   f(t);
-- ``diffusion(t)``    g(t);
-- ``marginal(t)``     (alpha_t, sigma_t);
-- ``prior_std``       the std of the base distribution pi = N(0, prior_std^2 I) at t = 1;
-- ``prior_sample(n, d, seed)``, ``prior_log_prob(theta)``.
+- ``drift_coef(t)``   f(t)                     (each subclass);
+- ``diffusion(t)``    g(t)                     (each subclass);
+- ``marginal(t)``     (alpha_t, sigma_t)       (each subclass);
+- ``prior_std``       the std of the base distribution pi = N(0, prior_std^2 I) at t = 1 (each subclass);
+- ``prior_sample(n, d, seed)`` (n, d), ``prior_log_prob(theta)`` (n, d) -> (n,)   (from prior_std, here);
+- ``config()``        the dict ``sde_from_config`` rebuilds it from (subclasses list their ``_params``).
 
 VE (Song et al. 2021; Sharrock et al. 2024 App. E.3.1):
     sigma_t = s_min (s_max / s_min)^t, f = 0, g = sigma_t sqrt(2 log(s_max / s_min)), alpha = 1.
@@ -23,6 +25,7 @@ sub-VP: same drift and alpha, g = sqrt(beta (1 - alpha_t^4)), sigma_t = 1 - alph
 Every parameter must be a finite real number (``beta_max=inf`` would train and sample NaN;
 ``sigma_min=nan`` would fail much later, in training).
 """
+import abc
 import inspect
 import math
 
@@ -34,7 +37,10 @@ from .rng import as_generator
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-class SDE:
+class SDE(abc.ABC):
+    """A forward SDE d theta = f(t) theta dt + g(t) dw with N(alpha_t theta_0, sigma_t^2 I)
+    transitions on t in [0, T = 1]; ``t_min`` the smallest time trained and sampled."""
+
     name = "sde"
     T = 1.0
 
@@ -43,6 +49,24 @@ class SDE:
         if not 0.0 < t_min < 1.0:
             raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
         self.t_min = t_min
+
+    @abc.abstractmethod
+    def drift_coef(self, t):
+        """f(t): the drift is f(t) theta. Shape of t, float64."""
+
+    @abc.abstractmethod
+    def diffusion(self, t):
+        """g(t). Shape of t, float64."""
+
+    @abc.abstractmethod
+    def marginal(self, t):
+        """(alpha_t, sigma_t): p_{t|0}(theta_t | theta_0) = N(alpha_t theta_0, sigma_t^2 I).
+        Each the shape of t, float64."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self):
+        """The std of the base pi = N(0, prior_std^2 I) that sampling starts from at t = T (a float)."""
 
     def prior_sample(self, n, d, seed=None):
         """(n, d) draws from the base N(0, prior_std^2 I)."""

@@ -101,7 +101,7 @@ class TruncatedPrior:
         if log_prob_kwargs is not None and not isinstance(log_prob_kwargs, dict):
             raise ValueError(f"log_prob_kwargs must be a dict, got {type(log_prob_kwargs).__name__}")
         self.prior, self.posterior = prior, posterior
-        self.x = posterior._check_x(x)
+        self.x = posterior.check_x(x)
         self.epsilon, self.batch_size, self.max_candidates = float(epsilon), int(batch_size), int(max_candidates)
         self.log_prob_kwargs = (default_log_prob_kwargs(getattr(posterior, "sde", None)) if log_prob_kwargs is None
                                 else dict(log_prob_kwargs))

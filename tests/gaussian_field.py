@@ -1,4 +1,4 @@
-"""The exact score field of a Gaussian, with the interface the samplers use.
+"""The exact score field of a Gaussian: a ``snpse_np.score.Field``, the protocol the samplers drive.
 
 For data theta_0 ~ N(m, C) and transitions N(alpha_t theta_0, sigma_t^2 I), the perturbed
 marginal is p_t = N(alpha_t m, Sigma_t) with Sigma_t = alpha_t^2 C + sigma_t^2 I, so
@@ -8,17 +8,15 @@ Driving the samplers with it isolates sampler error from network error.
 import numpy as np
 
 from snpse_np.backend import get_backend
+from snpse_np.score import Field
 
 
-class GaussianField:
+class GaussianField(Field):
     def __init__(self, sde, mean, cov, dtype=np.float64):
         self.sde, self.mean, self.cov = sde, np.asarray(mean, float), np.asarray(cov, float)
         self.backend = get_backend("numpy")
         self.dtype = dtype
         self.d = self.mean.size
-
-    def _dev(self, a):
-        return np.ascontiguousarray(a, dtype=self.dtype)
 
     @staticmethod
     def _rows(t, theta):

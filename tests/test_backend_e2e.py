@@ -44,7 +44,7 @@ def test_training_follows_the_numpy_loss_curve(reference, backend):
     ref_hist = reference[0].summary["history"]
     inference, _ = _train(backend)
     hist = inference.summary["history"]
-    assert hist.shape == ref_hist.shape == (3, 3)  # (step, train loss, validation loss) per epoch
+    assert hist.shape == ref_hist.shape == (3, 4)  # (step, train loss, validation loss, learning rate) per epoch
     # float32 differences of ~1e-7 per op over 3 epochs of Adam: measured 7e-9 relative.
     np.testing.assert_allclose(hist, ref_hist, rtol=1e-4, atol=1e-6)
 

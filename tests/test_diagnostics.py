@@ -15,22 +15,20 @@ import pytest
 from snpse_np import diagnostics as dg
 from snpse_np.backend import get_backend
 from snpse_np.sampling import ode_rk45
+from snpse_np.score import Field
 from snpse_np.sde import VESDE
 
 L = np.array([0.5, 1.5])
 S = 1.0 / (1.0 + 1.0 / L)
 
 
-class RowGaussianField:
+class RowGaussianField(Field):
     """Exact (scale 1) or scaled score of N(alpha mu_r, alpha^2 S + sigma^2) for row r."""
 
     def __init__(self, sde, means, scale):
         self.sde, self.means, self.scale = sde, means, scale
         self.backend = get_backend("numpy")
         self.dtype = np.float64
-
-    def _dev(self, a):
-        return np.ascontiguousarray(a, dtype=np.float64)
 
     def _coef(self, t, n):
         alpha, sigma = self.sde.marginal(np.broadcast_to(np.asarray(t, dtype=np.float64), (n,)))

@@ -238,7 +238,7 @@ def tiny():
 def test_per_row_conditioning_matches_one_observation_at_a_time(tiny):
     """ScoreField with one x part per row (2,500 rows: three CPU chunks, a ragged last one) gives
     each row the score of a field built for that row's observation alone."""
-    from snpse_np.sampling import ScoreField
+    from snpse_np.score import ScoreField
     post = tiny
     X = np.array([[0.3, -0.2], [1.5, 0.7], [-1.0, 2.0]])
     xc = post.embed(X)
@@ -280,7 +280,8 @@ def test_sample_batched_equals_per_observation_sampling(tiny):
     s = tiny.sample_batched(200, X, method="rk4", steps=8, seed=5)
     assert s.shape == (3, 200, 2)
     # the start points: the base draws in one block of 600 rows, trial-major
-    from snpse_np.sampling import ScoreField, ode_fixed
+    from snpse_np.sampling import ode_fixed
+    from snpse_np.score import ScoreField
     start = tiny.sde.prior_sample(600, 2, np.random.default_rng(5)).astype(tiny.dtype)
     for j in range(3):
         field = ScoreField(tiny.model, tiny.backend, tiny.params, tiny.embed(X[j:j + 1]), 200, tiny.dtype)

@@ -67,7 +67,7 @@ def test_polished_map_maximises_the_posteriors_own_log_density(tiny):
 def test_map_is_a_zero_of_the_learned_score(tiny):
     """noise=0: the ascent's end at t_min, where the learned score vanishes; by default the ascent
     continues at a slightly larger noise, which moves the mode by a fraction of the posterior width."""
-    from snpse_np.sampling import ScoreField
+    from snpse_np.score import ScoreField
     x_o = np.zeros(2)
     mode = tiny.map(x=x_o, seed=0, noise=0.0)
     z = tiny.theta_std.forward(mode[None]).astype(tiny.dtype)

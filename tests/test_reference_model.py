@@ -4,7 +4,7 @@ Float64 throughout. Two kinds of checks:
 
 1. the reference itself against finite differences: the backward pass per parameter block
    (every entry), the DSM gradient per block (a random direction each), the Jacobian;
-2. the fast path (nn.ScoreNetwork, npse.TrainStep with optim.Adam, sampling.ScoreField and the
+2. the fast path (nn.ScoreNetwork, npse.TrainStep with optim.Adam, score.ScoreField and the
    samplers) on the numpy and numba backends against the reference, on the same inputs.
 
 Tolerances (float64). The two sides compute the same sums in other orders (the fast path splits
@@ -29,8 +29,8 @@ from snpse_np.backend import get_backend
 from snpse_np.nn import ScoreNetwork
 from snpse_np.npse import TrainStep
 from snpse_np.optim import Adam
-from snpse_np.sampling import ScoreField, edm_time_grid, euler_maruyama, ode_edm, ode_fixed
-from snpse_np.score import ScoreModel
+from snpse_np.sampling import edm_time_grid, euler_maruyama, ode_edm, ode_fixed
+from snpse_np.score import ScoreField, ScoreModel
 from snpse_np.sde import SubVPSDE, VESDE, VPSDE
 
 F64 = np.float64

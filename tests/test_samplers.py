@@ -85,7 +85,7 @@ def test_score_field_chunks_rows_on_the_cpu_like_one_pass():
     the scores must equal one whole-batch pass, for one shared time and per-row times."""
     from snpse_np.backend import get_backend
     from snpse_np.nn import ScoreNetwork
-    from snpse_np.sampling import CPU_CHUNK_ROWS, ScoreField
+    from snpse_np.score import CPU_CHUNK_ROWS, ScoreField
     from snpse_np.score import ScoreModel
     from snpse_np.sde import make_sde
 

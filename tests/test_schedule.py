@@ -76,12 +76,21 @@ def test_default_steps_grows_with_data_and_is_clipped():
 def test_auto_learning_rate_is_lower_with_few_simulations():
     from snpse_np.schedule import auto_learning_rate
     assert auto_learning_rate(8_500) == auto_learning_rate(10 ** 6) == pytest.approx(2e-3)
-    assert auto_learning_rate(2_125) == pytest.approx(5e-4)
+    assert auto_learning_rate(2_125) == pytest.approx(1e-3)  # sqrt(1/4) of the peak
+    assert auto_learning_rate(850) == pytest.approx(2e-3 * np.sqrt(0.1))
     assert auto_learning_rate(100) == pytest.approx(5e-4)  # the floor
+    # shorter runs than the default budget: up to 3x, by sqrt(default / total)
+    full = default_steps(8_500)
+    assert auto_learning_rate(8_500, full) == auto_learning_rate(8_500, 2 * full) == pytest.approx(2e-3)
+    assert auto_learning_rate(8_500, full // 4) == pytest.approx(4e-3, rel=1e-3)
+    assert auto_learning_rate(8_500, 10) == pytest.approx(6e-3)
+    assert auto_learning_rate(8_500, full // 4, batch=256) == pytest.approx(2e-3 * np.sqrt(2), rel=1e-3)
     theta, x = _data(300)
     inf = _npse().append_simulations(theta, x)
-    inf.train(max_steps=3)
+    inf.train(max_steps=default_steps(255), max_seconds=0.05)  # the rate is set by the step budget
     assert inf.summary["learning_rate"] == pytest.approx(5e-4)
+    inf.train(max_steps=3)
+    assert inf.summary["learning_rate"] == pytest.approx(1.5e-3)  # a 3-step run: 3x
     inf.train(max_steps=3, learning_rate=1e-2)
     assert inf.summary["learning_rate"] == 1e-2
 
@@ -215,3 +224,34 @@ def test_train_with_wsd_cools_down_at_a_plateau_and_keeps_cooldown_weights():
     assert s["best_val_loss"] == pytest.approx(cool[:, 2].min())  # taken from the cool-down only
     # the last step ran at peak / (cool-down steps): the rate annealed to zero
     assert cool[-1, 3] == pytest.approx(5e-3 / (s["steps"] - s["cooldown_step"]))
+
+
+def test_cosine_cooldown_anneals_from_the_current_rate():
+    s = LRSchedule(1.0, total_steps=1000, warmup_steps=0, kind="cosine")
+    lr_at = s.lr(400)
+    s.begin_cooldown(400)
+    assert s.cooling and s.cooldown[:3] == (400, 0.0, 100)  # a quarter of the 400 steps run
+    assert s.lr(400) == pytest.approx(lr_at)  # continuous where the cool-down begins
+    assert s.lr(450) == pytest.approx(lr_at / 2)  # then linear to final = 0
+    assert not s.finished(499) and s.finished(500) and s.lr(500) == pytest.approx(0.0)
+    const = LRSchedule(1.0, total_steps=1000, kind="constant")
+    const.begin_cooldown(400)  # a constant rate has no cool-down: the trainer stops instead
+    assert not const.cooling and const.lr(450) == 1.0
+
+
+def test_a_plateau_in_a_cosine_run_starts_the_cooldown():
+    theta, x = _data(80)
+    inf = _npse().append_simulations(theta, x)
+    # a far too high rate: the validation loss stops improving quickly, long before the budget
+    inf.train(max_steps=20_000, learning_rate=0.05, patience=30, min_steps_per_epoch=10, ema_decay=0)
+    s = inf.summary
+    hist = s["history"]
+    k0 = s["cooldown_step"]
+    assert k0 is not None and s["stop_reason"] == f"cooled down (cool-down from step {k0}: plateau)"
+    assert s["steps"] == k0 + int(np.ceil(0.25 * k0)) < 20_000
+    # ended annealed: the last step ran at 1/ks of the rate where the cool-down began (<= peak)
+    assert hist[-1, 3] <= 0.05 / (s["steps"] - k0) * (1 + 1e-9)
+    cool = hist[hist[:, 0] > k0]
+    assert np.all(np.diff(cool[:, 3]) <= 0)  # the rate only falls in the cool-down
+    # the kept weights are the best of the cool-down
+    assert s["best_val_loss"] == pytest.approx(hist[hist[:, 0] >= k0, 2].min())

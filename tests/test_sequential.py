@@ -7,6 +7,7 @@ import pytest
 
 import snpse_np as sn
 from snpse_np.metrics import c2st
+from snpse_np.rounds import RoundDriver, split_budget
 from snpse_np.truncation import TruncatedPrior, TruncationError
 
 
@@ -17,7 +18,7 @@ class GaussianPosterior:
         self.mean, self.s = np.asarray(mean, float), float(s)
         self.calls = 0
 
-    def _check_x(self, x):
+    def check_x(self, x):
         return np.zeros(1)
 
     def sample(self, n, x=None, seed=None, reject_outside_prior=False):
@@ -403,3 +404,72 @@ def test_bad_run_arguments_fail_before_simulating(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sn.TSNPSE(sn.Normal(np.zeros(2), np.ones(2)), sim, X_O, **TINY).run(**kwargs)
     assert sim.rows == 0
+
+
+# ------------------------------------------------------------------ issue 13: the one round driver
+
+def test_split_budget_gives_the_first_rounds_the_remainder():
+    assert split_budget(10, 3) == [4, 3, 3] and split_budget(9, 3) == [3, 3, 3] and split_budget(5, 5) == [1] * 5
+    with pytest.raises(ValueError, match="num_simulations >= num_rounds"):
+        split_budget(2, 3)
+    with pytest.raises(ValueError, match="num_rounds must be an int >= 1"):
+        split_budget(2, 0)
+
+
+class _FakeNPSE:
+    """Records what the driver pools; ``summary`` as NPSE's after a training."""
+
+    def __init__(self):
+        self.pooled, self.rng = [], None
+        self.summary = dict(epochs=1, train_seconds=0.0, best_val_loss=0.0)
+
+    def append_simulations(self, theta, x):
+        self.pooled.append((theta, x))
+
+
+class _RecordingMethod(RoundDriver):
+    """A method whose hooks record what the driver hands them (no network)."""
+
+    probe_x_o = False
+    seen = None  # set per test: the hooks' calls
+
+    def draw_round(self, r, n, seed):
+        self.seen.append(("draw", r, n, seed))
+        return self.prior.sample(n, seed=seed), dict(drawn=n)
+
+    def train_round(self, r, inference, n):
+        self.seen.append(("train", r, sum(len(t) for t, _ in inference.pooled), inference.rng.integers(2 ** 62)))
+        return f"posterior {r}", dict(trained=r)
+
+
+def test_round_driver_owns_budget_seeds_nan_filter_and_summaries():
+    from snpse_np.rng import child_seed
+
+    def flaky(theta, seed=None):
+        x = simulator(theta, seed)
+        x[theta[:, 0] > 0.5] = np.nan
+        return x
+
+    run = _RecordingMethod(sn.Normal(np.zeros(2), np.ones(2)), flaky, X_O, seed=7, show_progress=False)
+    run.seen = []
+    inference = _FakeNPSE()
+    assert run.run_rounds(inference, [40, 30, 30]) == "posterior 2"
+    draws = [s for s in run.seen if s[0] == "draw"]
+    assert draws == [("draw", r, n, child_seed(7, r, 2)) for r, n in enumerate([40, 30, 30])]
+    trains = [s for s in run.seen if s[0] == "train"]
+    assert [t[3] for t in trains] == [np.random.default_rng(child_seed(7, r, 4)).integers(2 ** 62) for r in range(3)]
+    bad = [int(np.sum(t[:, 0] > 0.5)) for t in (run.prior.sample(n, seed=child_seed(7, r, 2))
+                                                for r, n in enumerate([40, 30, 30]))]
+    assert [r["failed_simulations"] for r in run.rounds] == bad and sum(bad) > 0
+    assert all(np.all(np.isfinite(x)) for _, x in inference.pooled)  # filtered once, before pooling
+    assert [t[2] for t in trains] == list(np.cumsum([40 - bad[0], 30 - bad[1], 30 - bad[2]]))
+    assert [r["total_simulations"] for r in run.rounds] == [40, 70, 100]
+    assert all(r["drawn"] == r["simulations"] and r["trained"] == r["round"] - 1 for r in run.rounds)
+
+
+def test_round_driver_refuses_x_o_of_the_wrong_dimension_before_spending_the_budget():
+    sim = RowCounter()
+    with pytest.raises(ValueError, match="x_o has 3 entries"):
+        sn.SNPSEB(sn.Normal(np.zeros(2), np.ones(2)), sim, [0.1, 0.2, 0.3], **TINY).run(num_simulations=300,
+                                                                                        num_rounds=2)
+    assert sim.rows == 150  # round 0 only: SNPSE-A/B have no probe row

@@ -8,7 +8,9 @@ import pytest
 import snpse_np as sn
 from snpse_np.backend import get_backend, gpu_available
 from snpse_np.metrics import c2st
-from snpse_np.snpse_ab import ProposalMixture, SIRPosterior, log_weights_ess
+from snpse_np.logweights import log_weights_ess
+from snpse_np.mixture import ProposalMixture
+from snpse_np.sir import SIRPosterior
 
 
 def _normal_logpdf(theta, m, s):
@@ -26,11 +28,11 @@ class GaussianNetwork:
         self.dim_theta, self.dim_x, self.default_x = self.mean.size, 1, np.zeros(1)
         self.calls = 0
 
-    def _check_x(self, x):
+    def check_x(self, x):
         return self.default_x if x is None else np.atleast_1d(np.asarray(x, float))
 
     def set_default_x(self, x):
-        self.default_x = self._check_x(x)
+        self.default_x = self.check_x(x)
         return self
 
     def sample(self, n, x=None, seed=None, **kw):
