@@ -28,25 +28,15 @@ FIELDS = ["task", "method", "sde", "budget", "observation", "seed", "c2st", "c2s
           "machine", "version"]
 
 
-def append_row(path, row):
-    new = not os.path.exists(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
 def run(task_name, method, theta, x, observations, seed, budget, csv_path, num_samples=10_000):
     import snpse_np as sn
     from snpse_np import __version__
-    from snpse_np.bench import _sde_kwargs, machine_name, score_samples
+    from snpse_np.bench import append_csv_row, machine_name, score_samples, sde_kwargs
     from snpse_np.rng import child_seed
     from snpse_np.tasks import get_task
 
     task = get_task(task_name)
-    kw = dict(sde="ve", seed=seed, show_progress=False, **_sde_kwargs(task, "ve"))
+    kw = dict(sde="ve", seed=seed, show_progress=False, **sde_kwargs(task, "ve"))
     if method == "npse":
         inference = sn.NPSE(task.prior, **kw)
     elif method in ("nlse-analytic", "nlse-learned"):
@@ -67,7 +57,7 @@ def run(task_name, method, theta, x, observations, seed, budget, csv_path, num_s
                    prior_score_seconds=inference.summary.get("prior_score_seconds", 0.0),
                    steps=inference.summary["steps"], sample_seconds=t_sample, load1=os.getloadavg()[0],
                    machine=machine_name(), version=__version__)
-        append_row(csv_path, row)
+        append_csv_row(csv_path, row, FIELDS)
         rows.append(row)
         print(f"  {task_name} {method} obs {k}: C2ST {c:.3f} (train {row['train_seconds']:.0f}s "
               f"+ prior {row['prior_score_seconds']:.0f}s, {row['steps']} steps, sample {t_sample:.0f}s, "

@@ -44,6 +44,18 @@ def published_c2st(task, budget, algorithm, observations):
     return float(np.mean(vals)) if vals else None
 
 
+def append_csv_row(path, row, fields):
+    """Append one dict row to the CSV at ``path`` (header first when the file is new); a row is
+    one line appended, so a killed run keeps every row written before it."""
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
 def parse_obs(text):
     """"1-5" or "1,3,7" -> [1, ..., 5] / [1, 3, 7]."""
     out = []
@@ -58,7 +70,8 @@ def parse_obs(text):
     return out
 
 
-def _sde_kwargs(task, sde):
+def sde_kwargs(task, sde):
+    """The task's SDE settings (VE: sigma_min from the authors' per-task table)."""
     if sde == "ve" and task.ve_sigma_limits is not None:
         return dict(sigma_min=task.ve_sigma_limits[0])
     return {}
@@ -86,7 +99,7 @@ def npse_on_task(task, num_simulations, observations, seed=0, sde="ve", backend=
     if say is not None:
         say(f"simulated {num_simulations} in {time.perf_counter() - t0:.1f}s")
     inference = NPSE(task.prior, sde=sde, backend=backend, seed=seed, show_progress=show_progress,
-                     threads=threads, **_sde_kwargs(task, sde))
+                     threads=threads, **sde_kwargs(task, sde))
     posterior = inference.append_simulations(theta, x).train(**dict(train_kwargs or {}))
     draws = []
     for k in observations:
@@ -131,13 +144,7 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
     def emit(row):
         rows.append(row)
         if csv_path:
-            new = not os.path.exists(csv_path)
-            os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-            with open(csv_path, "a", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=FIELDS)
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+            append_csv_row(csv_path, row, FIELDS)
         if show_progress:
             print(f"  {task_name} {method}-{sde} {budget} obs {row['observation']}: C2ST {row['c2st']:.3f} "
                   f"(train {row['train_seconds']:.0f}s, sample {row['sample_seconds']:.0f}s)", flush=True)
@@ -154,7 +161,7 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
     elif method == "tsnpse":
         for k in observations:
             run = sn.TSNPSE(task.prior, task.simulate, task.observation(k), sde=sde, backend=be, seed=seed,
-                            show_progress=show_progress, train_kwargs=train_kwargs, **_sde_kwargs(task, sde))
+                            show_progress=show_progress, train_kwargs=train_kwargs, **sde_kwargs(task, sde))
             posterior = run.run(num_simulations=budget, num_rounds=num_rounds)
             t0 = time.perf_counter()
             samples = posterior.sample(num_samples, seed=child_seed(seed, 3, k), reject_outside_prior=True)

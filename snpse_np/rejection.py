@@ -22,31 +22,37 @@ class RejectionError(RuntimeError):
 
 
 def draw_until(n, dim, draw, accept, max_rounds=100, min_batch=64, max_batch=1_000_000, progress=None,
-               what="inside the prior support"):
+               what="inside the prior support", max_candidates=None):
     """n accepted rows (n, dim) from ``draw`` / ``accept`` (see the module docstring).
 
-    progress: an optional ``Progress`` told the count after each round. Raises RejectionError
-    naming the acceptance rate when ``max_rounds`` rounds do not give n rows.
+    progress: an optional ``Progress`` told the count after each round. ``max_candidates``: an
+    optional cap on all candidates drawn (the last batch is cut to it); ``max_rounds=None`` leaves
+    the rounds unbounded (then ``max_candidates`` is required). Raises RejectionError naming the
+    acceptance rate when the rounds or the candidates run out before n rows.
     """
-    kept, have, tried = [np.empty((0, dim))], 0, 0
-    for _ in range(max_rounds):
-        if have >= n:
-            break
+    if max_rounds is None and max_candidates is None:
+        raise ValueError("draw_until needs max_rounds or max_candidates")
+    kept, have, tried, rounds = [np.empty((0, dim))], 0, 0, 0
+    while have < n:
+        if (max_rounds is not None and rounds >= max_rounds) or (
+                max_candidates is not None and tried >= max_candidates):
+            acc = have / max(tried, 1)
+            raise RejectionError(f"only {have} of {n} samples fell {what} after {rounds} rounds "
+                                 f"({tried} candidates, acceptance {acc:.3g}); the posterior may be poorly "
+                                 f"trained", acc)
         missing = n - have
         rate = have / tried if tried else 1.0
         m = missing if not tried else math.ceil(1.2 * missing / max(rate, 1.0 / max_batch))
         m = int(min(max(m, min_batch), max_batch))
+        if max_candidates is not None:
+            m = min(m, max_candidates - tried)
         cand = draw(m)
         ok = np.asarray(accept(cand), dtype=bool)
         tried += m
+        rounds += 1
         got = cand[ok][:missing]
         kept.append(got)
         have += got.shape[0]
         if progress is not None:
             progress.update(f"{have}/{n} {what} (acceptance {have / tried:.3g})", force=True)
-    if have < n:
-        acc = have / max(tried, 1)
-        raise RejectionError(f"only {have} of {n} samples fell {what} after {max_rounds} rounds "
-                             f"({tried} candidates, acceptance {acc:.3g}); the posterior may be poorly "
-                             f"trained", acc)
     return np.concatenate(kept)[:n]

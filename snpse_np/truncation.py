@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from .checks import integer, real
+from .rejection import RejectionError, draw_until
 from .rng import as_generator
 from .sampling import FIXED_STEP_METHODS
 
@@ -217,33 +218,37 @@ class TruncatedPrior:
             return np.empty((0, self.dim))
         t0 = time.perf_counter()
         in_box = getattr(self.prior, "independent", False)
-        box_mass = 1.0
-        kept, have, drawn = [], 0, 0
-        while have < n:
-            if drawn >= self.max_candidates:
-                rate = have / max(drawn, 1) * box_mass
-                source = f"draws from the prior in the box (prior mass {box_mass:.2e})" if in_box else "prior draws"
-                raise TruncationError(
-                    f"truncated prior: only {have} of {n} samples after {drawn} {source} "
-                    f"(acceptance rate {rate:.2e}); the HPR is too small to sample by rejection. "
-                    f"Raise epsilon (now {self.epsilon}) or max_candidates (now {self.max_candidates}).")
-            # size the batch by the acceptance seen so far, so a wide region does not push
-            # batch_size candidates through the (costly) log-density for a few samples
-            rate = have / drawn if drawn else None
-            want = (n - have) * 1.2 / max(rate, 1e-4) if rate else 2 * (n - have)
-            m = int(min(self.batch_size, self.max_candidates - drawn, max(want, 256)))
+        seen = dict(box_mass=1.0, candidates=0, inside=0)
+
+        def draw(m):
             if in_box:
                 cand, log_mass = self.prior.sample_in_box(m, *self.box, seed=rng)
-                box_mass = float(np.exp(log_mass))
-            else:
-                cand = self.prior.sample(m, seed=rng)
-            drawn += m
+                seen["box_mass"] = float(np.exp(log_mass))
+                return cand
+            return self.prior.sample(m, seed=rng)
+
+        def accept(cand):
             ok = self.region_contains(cand)
-            kept.append(cand[ok])
-            have += int(ok.sum())
-        self.acceptance = have / drawn * box_mass
+            seen["candidates"] += cand.shape[0]
+            seen["inside"] += int(ok.sum())
+            return ok
+
+        # batches sized by the acceptance seen so far (at least 256, at most batch_size), so a
+        # wide region does not push batch_size candidates through the (costly) log-density
+        try:
+            out = draw_until(n, self.dim, draw, accept, max_rounds=None, min_batch=256, max_batch=self.batch_size,
+                             max_candidates=self.max_candidates, what="inside the truncated region")
+        except RejectionError:
+            rate = seen["inside"] / max(seen["candidates"], 1) * seen["box_mass"]
+            source = (f"draws from the prior in the box (prior mass {seen['box_mass']:.2e})" if in_box
+                      else "prior draws")
+            raise TruncationError(
+                f"truncated prior: only {seen['inside']} of {n} samples after {seen['candidates']} {source} "
+                f"(acceptance rate {rate:.2e}); the HPR is too small to sample by rejection. "
+                f"Raise epsilon (now {self.epsilon}) or max_candidates (now {self.max_candidates}).") from None
+        self.acceptance = seen["inside"] / seen["candidates"] * seen["box_mass"]
         self.seconds = time.perf_counter() - t0
-        return np.concatenate(kept)[:n]
+        return out
 
     def log_prob(self, theta):
         """Unnormalised: the prior's log-density inside the region, -inf outside."""

@@ -45,3 +45,16 @@ def test_too_few_rounds_raise_with_the_acceptance():
     assert isinstance(err.value, RuntimeError)  # callers catching RuntimeError keep working
     with pytest.raises(RejectionError, match=r"acceptance 0\)"):
         draw_until(10, 1, Source(), lambda r: np.zeros(len(r), bool), max_rounds=3, max_batch=1000)
+
+
+def test_a_candidate_cap_cuts_the_last_batch_and_raises_when_spent():
+    src = Source()
+    with pytest.raises(RejectionError, match="after 2 rounds") as err:
+        draw_until(2000, 1, src, tail, max_rounds=None, max_candidates=5000)
+    assert src.asked == [2000, 3000] and sum(src.asked) == 5000  # the second batch cut to the cap
+    assert 0.006 < err.value.acceptance < 0.02
+    src = Source()
+    out = draw_until(100, 1, src, tail, max_rounds=None, max_candidates=10 ** 7, min_batch=256, max_batch=4000)
+    assert out.shape == (100, 1) and src.asked[0] == 256 and max(src.asked) == 4000  # batches stay in range
+    with pytest.raises(ValueError, match="max_rounds or max_candidates"):
+        draw_until(10, 1, Source(), tail, max_rounds=None)
