@@ -77,6 +77,10 @@ class LRSchedule:
             if es is not None:
                 p = max(p, (elapsed - e0) / es)
             return min(max(p, 0.0), 1.0)
+        return self._budget_progress(step, elapsed)
+
+    def _budget_progress(self, step, elapsed):
+        """The share of the whole budget spent (steps or seconds, whichever is nearer), in [0, 1]."""
         p = step / self.total_steps
         if self.max_seconds is not None:
             p = max(p, elapsed / self.max_seconds)
@@ -128,9 +132,7 @@ class LRSchedule:
             return self.peak * (step + 1) / (self.warmup_steps + 1)
         if self.kind in ("constant", "wsd"):
             return self.peak
-        p = min(step / self.total_steps, 1.0)
-        if self.max_seconds is not None:
-            p = min(max(p, elapsed / self.max_seconds), 1.0)
+        p = self._budget_progress(step, elapsed)
         shape = 0.5 * (1.0 + math.cos(math.pi * p)) if self.kind == "cosine" else 1.0 - p
         return self.final + (self.peak - self.final) * shape
 
