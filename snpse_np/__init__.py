@@ -1,13 +1,14 @@
 """snpse_np: neural posterior score estimation (NPSE) and its sequential form (TSNPSE).
 
-SNPSEA and SNPSEB (paper Sec. 3.2) are experimental: the paper found them worse than TSNPSE.
+SNPSEA, SNPSEB and SNPSEC (paper Sec. 3.2, App. C) are experimental: the paper found them worse
+than TSNPSE (SNPSE-C: C2ST ≈ 1).
 
 Sharrock, Simons, Liu, Beaumont, "Sequential Neural Score Estimation: Likelihood-Free
 Inference with Conditional Score Based Diffusion Models", ICML 2024.
 
 Importing the package imports numpy only; numba and cupy load when a backend needs them.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .priors import BoxUniform, LogNormal, MultivariateNormal, Normal  # noqa: F401
 
@@ -27,6 +28,7 @@ _LAZY = {
     "TSNPSE": ("sequential", "TSNPSE"),
     "SNPSEA": ("snpse_a", "SNPSEA"),  # experimental
     "SNPSEB": ("snpse_b", "SNPSEB"),  # experimental
+    "SNPSEC": ("snpse_c", "SNPSEC"),  # experimental
     "SIRPosterior": ("sir", "SIRPosterior"),  # experimental
     "c2st": ("metrics", "c2st"),
     "get_backend": ("backend", "get_backend"),

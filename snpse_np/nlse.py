@@ -50,6 +50,13 @@ Sampling and log-densities run the existing samplers on the field (1) (``NLSEFie
 probability-flow ODE's divergence adds the prior's Laplacian (analytic) or the prior network's
 exact trace (learned) to the likelihood network's.
 
+Files (``NLSEPosterior.save``, ``snpse_np.load``): the NPSE file (likelihood network, SDE,
+standardisation, prior) with meta["kind"] = "nlse" and meta["nlse"] = {"prior_score": ...}.
+"analytic" stores nothing more: the score is a function of the stored prior, theta_std and SDE,
+rebuilt as at training (``diffused_prior``). "learned" adds the prior network's architecture and
+score settings (meta) and its weights (array ``nlse_prior_params``); its SDE is the likelihood
+network's (one SDE, as (1) needs), stored once.
+
 The paper (Fig. 5): NLSE is similar to NPSE with an analytic prior score and clearly worse with a
 learned one. Measured here: docs/nlse.md.
 
@@ -60,7 +67,7 @@ import math
 
 import numpy as np
 
-from .checks import integer
+from .checks import integer, real
 from .iid import BoxDiffusedPrior, GaussianDiffusedPrior, diffused_prior
 from .nn import ScoreNetwork
 from .npse import NPSE, TrainStep
@@ -248,8 +255,8 @@ class NLSEField(Field):
 class NLSEPosterior(ScorePosterior):
     """A ``ScorePosterior`` whose field is (1): the likelihood network plus the diffused prior
     score ``prior_score`` (``AnalyticPriorScore`` or ``LearnedPriorScore``, in z space). sample,
-    log_prob, sample_batched, log_prob_batched and map work as for NPSE; i.i.d. trials (x with
-    m > 1 rows) and ``save`` are not implemented (NotImplementedError)."""
+    log_prob, sample_batched, log_prob_batched, map and save/``snpse_np.load`` work as for NPSE;
+    i.i.d. trials (x with m > 1 rows) are not implemented (NotImplementedError)."""
 
     def __init__(self, model, params, theta_std, x_std, prior, backend, dtype=np.float32, default_x=None,
                  threads=None, prior_score=None):
@@ -273,15 +280,69 @@ class NLSEPosterior(ScorePosterior):
                 "For m separate observations use sample_batched / log_prob_batched")
         return None
 
-    def save(self, path):
-        raise NotImplementedError(
-            "NLSEPosterior.save is not implemented: the file format holds one network, and snpse_np.load would "
-            "restore the likelihood-score network alone as a (wrong) posterior; keep the NLSE object or retrain")
+    def _kind_state(self):
+        """The file's NLSE entries (``ScorePosterior.save`` writes them; ``read_prior_score`` reads
+        them). Raises ValueError where the file could not rebuild the same prior score: a prior
+        score on another SDE than the likelihood network's, or an analytic one beside a prior that
+        has no closed form (the analytic score is rebuilt from the prior)."""
+        ps = self.prior_score
+        sde = ps.sde if isinstance(ps, AnalyticPriorScore) else ps.model.sde
+        if sde.config() != self.sde.config():
+            raise ValueError(f"cannot save: the prior score's SDE {sde!r} is not the likelihood network's "
+                             f"{self.sde!r} (a file holds one SDE)")
+        if isinstance(ps, AnalyticPriorScore):
+            if not has_closed_form(self.prior):
+                raise ValueError(f"cannot save: an analytic prior score beside a {type(self.prior).__name__} "
+                                 "prior (the file rebuilds it from a Normal, MultivariateNormal or BoxUniform)")
+            return {"kind": "nlse", "nlse": {"prior_score": "analytic"}}, {}
+        m = ps.model
+        block = dict(prior_score="learned", net=m.net.config(), precondition=m.precondition,
+                     time_input=m.time_input, floor=m.floor)
+        return {"kind": "nlse", "nlse": block}, {"nlse_prior_params": ps.backend.to_host(ps.params)}
 
     def __repr__(self):
         kind = "analytic" if self.prior_score.exact else "learned"
         return (f"NLSEPosterior(dim_theta={self.dim_theta}, dim_x={self.dim_x}, sde={self.sde!r}, "
                 f"prior_score={kind!r}, backend={self.backend.name!r})")
+
+
+def read_prior_score(arrays, meta, model, theta_std, prior, backend, bad):
+    """The prior score of an "nlse" file (``snpse_np.load``): arrays {name: array} and meta as
+    read, ``model`` the likelihood network's ``ScoreModel`` (its SDE is the prior score's),
+    ``theta_std`` and ``prior`` as loaded, ``bad(what)`` -> the ValueError naming the file.
+
+    "analytic": ``AnalyticPriorScore(diffused_prior(prior, theta_std), sde)``, as ``NLSE`` built it
+    (a ValueError if the attached prior has no closed form, e.g. another prior passed to load);
+    "learned": ``LearnedPriorScore`` from the stored architecture and weights (``nlse_prior_params``
+    (P,), float32 or float64: its dtype is the network's). Every entry is checked."""
+    block = meta.get("nlse")
+    kind = block.get("prior_score") if isinstance(block, dict) else None
+    if kind not in ("analytic", "learned"):
+        raise bad(f"an nlse file needs meta nlse = {{'prior_score': 'analytic' or 'learned', ...}}, got {block!r}")
+    d = model.net.dim_theta
+    if kind == "analytic":
+        if not has_closed_form(prior):
+            raise bad(f"its analytic prior score is rebuilt from a Normal, MultivariateNormal or BoxUniform prior, "
+                      f"got {type(prior).__name__}")
+        return AnalyticPriorScore(diffused_prior(prior, theta_std), model.sde)
+    try:
+        net = ScoreNetwork(**block["net"])
+        pmodel = ScoreModel(net, model.sde, block["precondition"], block["time_input"],
+                            real(block["floor"], "floor", at_least=0.0))
+    except (TypeError, ValueError, KeyError) as err:
+        raise bad(f"bad prior-score metadata ({type(err).__name__}: {err})") from None
+    if net.dim_theta != d or net.dim_x != 1:
+        raise bad(f"the prior-score network must map {d} parameters and one constant x column, "
+                  f"its sizes say {net.dim_theta} and {net.dim_x}")
+    params = arrays.get("nlse_prior_params")
+    if params is None:
+        raise bad("a learned prior score needs the array nlse_prior_params")
+    if params.dtype not in (np.float32, np.float64) or params.shape != (net.size,):
+        raise bad(f"nlse_prior_params must be a float32/float64 array of shape ({net.size},), "
+                  f"got {params.dtype} {params.shape}")
+    if not np.all(np.isfinite(params)):
+        raise bad("nlse_prior_params holds NaN or inf")
+    return LearnedPriorScore(pmodel, backend.to_device(params), backend, params.dtype)
 
 
 class NLSE(NPSE):

@@ -6,7 +6,8 @@ theta~ = (theta - mu) / s and is mapped back; log-densities include the Jacobian
 log p(theta | x) = log p~(theta~ | x) - sum_j log s_j, and are -inf outside the prior support.
 
 ``save(path)`` writes one ``.npz`` (weights, standardisation, SDE, network sizes, settings,
-version, prior); ``snpse_np.load(path)`` restores it with numpy alone.
+version, prior, and the posterior's kind: "npse", or "nlse" with its prior score, see
+``snpse_np.nlse``); ``snpse_np.load(path)`` restores it with numpy alone.
 """
 import json
 import os
@@ -30,7 +31,10 @@ from .threads import check_threads, uses_threads
 
 # The default sampler: Heun's method on Karras et al.'s grid, 20 steps (40 network evaluations), as
 # accurate as RK45 at 1e-4 (85-100 evaluations) on the sbibm tasks (NOTES.md, measured).
-SAMPLE_DEFAULTS = {"ode": dict(method="edm", steps=20), "sde": dict(steps=500), "pc": dict(steps=250)}
+# "ald" (annealed Langevin, no predictor): 500 levels x corrector_steps (default 1) Langevin steps;
+# 200 levels lagged far behind the VE annealing on the exact Gaussian field (variance 40x), 500 did not.
+SAMPLE_DEFAULTS = {"ode": dict(method="edm", steps=20), "sde": dict(steps=500), "pc": dict(steps=250),
+                   "ald": dict(steps=500)}
 ODE_DEFAULT_STEPS = {"edm": 20, "euler": 100, "heun": 100, "rk4": 100}
 
 
@@ -121,8 +125,11 @@ class ScorePosterior:
         sampler: "ode" (probability-flow ODE; ``method`` "edm" by default: Heun on Karras et al.'s
         grid, ``steps`` 20 = 40 network evaluations; or "rk45" adaptive with ``rtol``/``atol``, or
         "euler", "heun", "rk4" uniform in t with ``steps``, default 100), "sde" (Euler-Maruyama,
-        ``steps`` default 500) or "pc"
-        (Euler-Maruyama + ``corrector_steps`` Langevin steps with signal-to-noise ``snr``).
+        ``steps`` default 500), "pc"
+        (Euler-Maruyama + ``corrector_steps`` Langevin steps with signal-to-noise ``snr``) or "ald"
+        (annealed Langevin, Song & Ermon 2019: ``corrector_steps`` >= 1 Langevin steps at each of
+        ``steps`` + 1 levels, default 500, no predictor; for fields that are not a diffusion's
+        marginals, e.g. SNPSE-C's network, ``snpse_np.snpse_c``).
         reject_outside_prior: redraw samples that fall outside the prior support until n are
         inside (raises if the acceptance is too low to finish in ``max_rejection_rounds``).
         x with m > 1 rows: m i.i.d. trials of one theta, p(theta | x_1..x_m) by the composed score
@@ -133,7 +140,7 @@ class ScorePosterior:
         opts = _sampler_opts(sampler, steps, method)
         batch_size = integer(batch_size, "batch_size", minimum=1)
         rtol, atol = real(rtol, "rtol", above=0.0), real(atol, "atol", above=0.0)
-        corrector_steps = integer(corrector_steps, "corrector_steps", minimum=0)
+        corrector_steps = _check_corrector_steps(sampler, corrector_steps)
         snr = real(snr, "snr", at_least=0.0)
         max_rejection_rounds = integer(max_rejection_rounds, "max_rejection_rounds", minimum=1)
         trials = self._iid_trials(x)
@@ -290,7 +297,7 @@ class ScorePosterior:
         opts = _sampler_opts(sampler, steps, method)
         batch_size = integer(batch_size, "batch_size", minimum=1)
         rtol, atol = real(rtol, "rtol", above=0.0), real(atol, "atol", above=0.0)
-        corrector_steps = integer(corrector_steps, "corrector_steps", minimum=0)
+        corrector_steps = _check_corrector_steps(sampler, corrector_steps)
         snr = real(snr, "snr", at_least=0.0)
         max_rejection_rounds = integer(max_rejection_rounds, "max_rejection_rounds", minimum=1)
         x = self._check_trials(x)
@@ -444,6 +451,15 @@ class ScorePosterior:
 
         if not reject_outside_prior:
             out = draw(n)
+            # the composed score can push a row out of a bounded prior's support, where the
+            # network never saw data and the m - 1 subtracted prior scores dominate: that row then
+            # runs away (measured: VP, U(-2, 2)^2, 20 trials, 21 of 1,000 rows at |theta| ~ 1e13).
+            # Say so, rather than hand back a mean that one such row decides.
+            gone = int(np.sum(~self.prior.support_contains(out)))
+            if gone:
+                warnings.warn(f"{gone} of {n} i.i.d. draws ({m} trials, {iid_method}) lie outside the prior support "
+                              f"(the composed score can run away there); reject_outside_prior=True redraws them",
+                              RuntimeWarning, stacklevel=3)
         else:
             out = draw_until(n, d, draw, self.prior.support_contains, max_rounds=max_rejection_rounds)
         progress.done(f"sampled {n} ({m} i.i.d. trials, {iid_method}) in {progress.elapsed:.1f}s")
@@ -608,6 +624,12 @@ class ScorePosterior:
 
     # ------------------------------------------------------------------ persistence
 
+    def _kind_state(self):
+        """(meta entries, {name: array}) this class adds to the file. meta["kind"] tells ``load``
+        which class to rebuild ("npse": this one; ``NLSEPosterior`` adds "nlse" and its prior
+        score). Array names must not start with "prior_" (the prior's arrays)."""
+        return {"kind": "npse"}, {}
+
     def save(self, path):
         """Write the posterior to one ``.npz`` file (numpy alone reads it back with ``load``).
 
@@ -621,10 +643,12 @@ class ScorePosterior:
         meta = dict(version=__version__, net=self.model.net.config(), sde=self.sde.config(),
                     precondition=self.model.precondition, time_input=self.model.time_input, floor=self.model.floor,
                     dtype=self.dtype.name, prior=name, prior_type=prior_type)
+        kind_meta, kind_arrays = self._kind_state()
+        meta.update(kind_meta)
         arrays = dict(params=self.backend.to_host(self.params), theta_mean=self.theta_std.mean,
                       theta_std=self.theta_std.std, theta_constant=self.theta_std.constant,
                       x_mean=self.x_std.mean, x_std=self.x_std.std, x_constant=self.x_std.constant,
-                      meta=np.array(json.dumps(meta)))
+                      meta=np.array(json.dumps(meta)), **kind_arrays)
         for k, v in state.items():
             arrays["prior_" + k] = v
         if self.default_x is not None:
@@ -657,12 +681,15 @@ def _prior_state(prior):
 
 _REQUIRED_ARRAYS = ("params", "theta_mean", "theta_std", "x_mean", "x_std", "meta")
 _REQUIRED_META = ("version", "net", "sde", "precondition", "time_input", "floor", "dtype", "prior")
+# meta["kind"]: the posterior class a file holds (absent: "npse"); "nlse" adds its prior score (snpse_np.nlse).
+_KINDS = ("npse", "nlse")
 _NET_KEYS = ("theta_sizes", "x_sizes", "head_sizes", "activation", "t_embed_dim")
 
 
 def load(path, backend=None, prior=None):
     """Restore a posterior written by ``ScorePosterior.save``; needs numpy only (backend "numpy"
-    works everywhere).
+    works everywhere). Returns a ``ScorePosterior``, or an ``NLSEPosterior`` for a file of kind
+    "nlse" (a file without a kind is an NPSE posterior; an unknown kind is a ValueError).
 
     prior: the prior to attach; required when the file was saved with a prior that is not one of
     snpse_np's (those are not stored), otherwise it replaces the stored one. Everything read is
@@ -713,10 +740,15 @@ def load(path, backend=None, prior=None):
         raise bad(f"its prior has dim {prior.dim}, the network {d}")
     be = get_backend(backend)
     dtype = np.dtype(meta["dtype"])
-    post = ScorePosterior(model, be.to_device(arrays["params"].astype(dtype)),
-                          Standardizer(arrays["theta_mean"], arrays["theta_std"], constant.get("theta_constant")),
-                          Standardizer(arrays["x_mean"], arrays["x_std"], constant.get("x_constant")),
-                          prior, be, dtype)
+    params = be.to_device(arrays["params"].astype(dtype))
+    theta_std = Standardizer(arrays["theta_mean"], arrays["theta_std"], constant.get("theta_constant"))
+    x_std = Standardizer(arrays["x_mean"], arrays["x_std"], constant.get("x_constant"))
+    if meta["kind"] == "nlse":
+        from .nlse import NLSEPosterior, read_prior_score  # here: snpse_np.nlse imports this module
+        post = NLSEPosterior(model, params, theta_std, x_std, prior, be, dtype,
+                             prior_score=read_prior_score(arrays, meta, model, theta_std, prior, be, bad))
+    else:
+        post = ScorePosterior(model, params, theta_std, x_std, prior, be, dtype)
     if default_x is not None:
         post.set_default_x(default_x)
     return post
@@ -758,6 +790,10 @@ def _read_meta(path, arrays):
         meta = json.loads(str(raw))
         if not isinstance(meta, dict):
             raise ValueError("meta is not a JSON object")
+        kind = meta.setdefault("kind", "npse")  # files from before "kind" existed hold NPSE posteriors
+        if not isinstance(kind, str) or kind not in _KINDS:
+            raise ValueError(f"unknown posterior kind {kind!r}; snpse_np {__version__} reads {_KINDS} "
+                             "(a file from a newer version?)")
         missing = [k for k in _REQUIRED_META if k not in meta]
         if missing:
             raise ValueError(f"meta lacks {missing}")
@@ -827,6 +863,15 @@ def _sampler_opts(sampler, steps, method):
         raise ValueError("steps does not apply to the adaptive rk45 method (it picks its own steps; "
                          "set rtol/atol), pass method='euler', 'heun' or 'rk4' for a fixed number of steps")
     return opts
+
+
+def _check_corrector_steps(sampler, corrector_steps):
+    """corrector_steps checked: >= 0, and >= 1 for "ald" (it moves by the corrector only)."""
+    corrector_steps = integer(corrector_steps, "corrector_steps", minimum=0)
+    if sampler == "ald" and corrector_steps < 1:
+        raise ValueError("sampler='ald' (annealed Langevin) moves by the Langevin corrector only: "
+                         "it needs corrector_steps >= 1")
+    return corrector_steps
 
 
 def _centred_cov(z):

@@ -6,6 +6,9 @@ Reverse-time sampling from the base pi at t = 1 down to t_min (Song et al. 2021)
       theta <- theta - [f theta - g^2 s] h + g sqrt(h) z;
 - ``"pc"``: the same predictor followed by ``corrector_steps`` Langevin corrector steps with the
   signal-to-noise step size eps = 2 alpha (r |z| / |s|)^2 (Song et al. 2021, Alg. 4/5);
+- ``"ald"``: annealed Langevin dynamics (Song & Ermon 2019): only the Langevin corrector,
+  ``corrector_steps`` steps at each level of the time grid from t = 1 down, no predictor; for
+  score fields that are not a diffusion's marginals (SNPSE-C's bridge, ``annealed_langevin``);
 - ``"ode"``: the probability-flow ODE d theta/dt = v = f theta - g^2 s / 2 with fixed-step
   ``"euler"``, ``"heun"``, ``"rk4"`` (uniform in t), ``"edm"`` (Heun in Karras et al.'s scaled
   variables on their power-law noise grid: ``ode_edm``, the default for sampling), or adaptive
@@ -27,7 +30,7 @@ The pieces are registered by name (dicts filled at import by the decorators belo
 raise ValueError naming the choices): predictors (``register_predictor``: "euler_maruyama"),
 correctors (``register_corrector``: "langevin"), fixed ODE steps (``register_ode_step``: "euler",
 "heun", "rk4"), PF-ODE methods (``register_ode_solver``: those three, "rk45", "edm") and the
-samplers ``ScorePosterior.sample`` offers ("ode", "sde", "pc": ``get_sampler`` / ``run_sampler``).
+samplers ``ScorePosterior.sample`` offers ("ode", "sde", "pc", "ald": ``get_sampler`` / ``run_sampler``).
 
 Shapes: theta (B, d), per-row times t (B,), x conditioning rows xc (1, h0) or (B, h0) (one per row).
 """
@@ -117,7 +120,7 @@ PREDICTORS = {}  # name -> Predictor subclass: one reverse-SDE step
 CORRECTORS = {}  # name -> Corrector subclass: MCMC steps at a fixed time
 ODE_STEPS = {}  # name -> one fixed step of the probability-flow ODE on a uniform grid (``ode_fixed``)
 ODE_SOLVERS = {}  # name -> ODESolver: a whole PF-ODE integration (sampling; log-densities where it can)
-SAMPLER_RUNS = {}  # sampler name ("ode", "sde", "pc") -> the function ``run_sampler`` calls
+SAMPLER_RUNS = {}  # sampler name ("ode", "sde", "pc", "ald") -> the function ``run_sampler`` calls
 
 
 def _registrar(registry, kind):
@@ -462,11 +465,55 @@ def _sample_pc(field, theta, opts, rng, corrector_steps, snr, rtol, atol):
     return reverse_sde(field, theta, opts["steps"], rng, "euler_maruyama", "langevin", corrector_steps, snr)
 
 
+def annealed_langevin(field, theta, steps, rng, corrector="langevin", corrector_steps=1, snr=0.16, normal=None):
+    """Annealed Langevin dynamics (Song & Ermon 2019): ``corrector_steps`` steps of the registered
+    ``corrector`` at each of the steps + 1 levels of ``time_grid(sde, steps)``, from t = 1 down to
+    t_min, and NO predictor move between levels; theta (B, d) updated in place and returned.
+
+    At level t_i the Langevin chain targets p_{t_i}, the law whose score the field returns there:
+        theta <- theta + eps s(theta, t_i) + sqrt(2 eps) z,   z ~ N(0, I),
+    with Song et al.'s signal-to-noise step eps = 2 a (snr |z| / |s|)^2 (``Langevin``; a = 1 for VE,
+    1 - beta(t) h for VP-type SDEs, h the level spacing). Each level starts from the previous
+    level's state, a draw close to p_{t_{i-1}}, which overlaps p_{t_i} when the levels are close.
+    Unlike the reverse SDE / probability-flow ODE (and "pc", whose predictor follows the SDE's
+    drift), this uses only the score at each level as the score of SOME distribution: it needs
+    no relation between the levels (the field need not be the marginal score of one diffusion),
+    only that the t_min level is the target. That is why the bridges that are not a diffusion's
+    marginals are sampled by it: SNPSE-C's network learns the score of
+    p_t^{r,seq} ∝ (p_t / p~_t^r) p~_t^r(theta_t | x), which equals the posterior only at t = 0
+    (``snpse_c``), so the reverse SDE would follow the wrong path and end at the wrong law.
+
+    Accuracy: the last level's chain is a Langevin chain on p_{t_min} with step eps, so the result
+    carries its discretisation bias and the lag of the annealing. For N(m, v I) (|z|^2 ~ d,
+    |s|^2 ~ d / v, so eps ~ 2 snr^2 v) a step contracts theta - m by 1 - eps / v = 1 - 2 snr^2
+    (relaxation over ~1 / (2 snr^2) ~ 20 steps at snr 0.16) and the stationary variance is
+    v / (1 - eps / (2 v)) = v / (1 - snr^2), 2.6% wide at snr 0.16. Use many levels (``steps``) or
+    several ``corrector_steps`` per level. Cost: (steps + 1) x corrector_steps score evaluations.
+    """
+    if int(corrector_steps) != corrector_steps or corrector_steps < 1:
+        raise ValueError(f"annealed Langevin needs corrector_steps >= 1 (it moves by the corrector only), "
+                         f"got {corrector_steps!r}")
+    be, n = field.backend, theta.shape[0]
+    grid = time_grid(field.sde, steps)
+    normal = normal or be.normal_source(rng)
+    noise = be.xp.empty_like(theta)
+    corr = get_corrector(corrector)(field, n, normal, corrector_steps, snr)
+    h = float(grid[0] - grid[1])  # the level spacing (uniform grid): the VP step's a = 1 - beta h
+    for t in grid:
+        corr.update(theta, float(t), h, noise)
+    return theta
+
+
+@_register_sampler("ald")
+def _sample_ald(field, theta, opts, rng, corrector_steps, snr, rtol, atol):
+    return annealed_langevin(field, theta, opts["steps"], rng, "langevin", corrector_steps, snr)
+
+
 SAMPLERS = tuple(SAMPLER_RUNS)
 
 
 def get_sampler(name):
-    """The sampler function registered as ``name`` ("ode", "sde", "pc"); ValueError "unknown
+    """The sampler function registered as ``name`` ("ode", "sde", "pc", "ald"); ValueError "unknown
     sampler" naming the choices otherwise."""
     return _get(SAMPLER_RUNS, name, "sampler")
 

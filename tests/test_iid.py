@@ -375,7 +375,8 @@ def test_sample_batched_rejects_outside_a_box_prior():
         theta, x).train(max_epochs=15)
     s = post.sample_batched(200, np.array([[0.5, 0.5], [-1.5, 0.0]]), steps=8, seed=0, reject_outside_prior=True)
     assert s.shape == (2, 200, 2) and np.all(np.abs(s) <= 1)
-    raw = post.sample(300, x=np.zeros((4, 2)), steps=8, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"of 300 i.i.d. draws .* outside the prior support"):
+        raw = post.sample(300, x=np.zeros((4, 2)), steps=8, seed=0)
     assert np.all(np.isfinite(raw)) and np.any(np.abs(raw) > 1)  # without rejection some fall outside
     si = post.sample(300, x=np.zeros((4, 2)), steps=8, seed=0, reject_outside_prior=True)
     assert si.shape == (300, 2) and np.all(np.abs(si) <= 1)

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
         prior = sn.BoxUniform(-np.ones(2), np.ones(2))
         assert sn.NPSE(prior, backend="numpy", show_progress=False).prior is prior
         assert sn.NLSE(prior, backend="numpy", show_progress=False).prior_score == "analytic"
-        for cls in (sn.ScorePosterior, sn.TSNPSE, sn.SNPSEA, sn.SNPSEB, sn.SIRPosterior):
+        for cls in (sn.ScorePosterior, sn.TSNPSE, sn.SNPSEA, sn.SNPSEB, sn.SNPSEC, sn.SIRPosterior):
             assert isinstance(cls, type)
         assert callable(sn.load) and callable(sn.c2st)
     print("ok")

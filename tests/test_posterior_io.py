@@ -137,3 +137,39 @@ def test_no_samples_asked_no_samples_given(post):
         s = post.sample(0, x=X_O, **kw)
         assert s.shape == (0, 2), kw
     assert post.log_prob(np.zeros((0, 2)), x=X_O).shape == (0,)
+
+
+def _edit_meta(path, **changes):
+    """Rewrite the meta of the .npz at path: entries set, or deleted where the value is None."""
+    import json
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_the_file_names_its_kind_and_old_files_without_one_are_npse(post, tmp_path):
+    import json
+    path = tmp_path / "p.npz"
+    post.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        assert json.loads(str(f["meta"]))["kind"] == "npse"
+    _edit_meta(path, kind=None)  # as written before the kind existed
+    back = sn.load(path, backend="numpy")
+    assert type(back) is sn.ScorePosterior
+    kw = dict(x=X_O, seed=3, method="rk4", steps=8)
+    np.testing.assert_array_equal(back.sample(20, **kw), post.sample(20, **kw))
+
+
+def test_an_unknown_kind_is_a_value_error_naming_it(post, tmp_path):
+    path = tmp_path / "p.npz"
+    post.save(path)
+    _edit_meta(path, kind="snpse_z")
+    with pytest.raises(ValueError, match="unknown posterior kind 'snpse_z'"):
+        sn.load(path)

@@ -97,9 +97,10 @@ def simulator(theta, seed=None):
 FAST = dict(max_steps=3000)  # the default schedule annealed over 3,000 steps
 
 
-def test_two_rounds_recover_the_analytic_posterior():
+@pytest.mark.parametrize("sde", ["ve", "vp"])  # TSNPSE-VE and TSNPSE-VP (issue 15)
+def test_two_rounds_recover_the_analytic_posterior(sde):
     prior = sn.Normal(np.zeros(2), np.ones(2))
-    run = sn.TSNPSE(prior, simulator, X_O, seed=0, show_progress=False, train_kwargs=FAST)
+    run = sn.TSNPSE(prior, simulator, X_O, sde=sde, seed=0, show_progress=False, train_kwargs=FAST)
     posterior = run.run(num_simulations=2000, num_rounds=2, num_hpr_samples=4000,
                         log_prob_kwargs=dict(method="rk4", steps=20))
     var = 1 / (1 + 1 / NOISE)
