@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The committed benchmark grid: NPSE (VE, VP) on the eight paper tasks at 10k simulations,
-# observations 1-5, one process per core, single-threaded BLAS/Numba (no oversubscription).
-# Usage: bash benchmarks/run_grid.sh [csv] [budget]
+# The amortised NPSE grid (issue 15): one network per (task, sde, budget) serves every observation
+# in OBS. Training runs the package's default step budget (from the number of simulations: no
+# wall-clock cap, so rows do not depend on the machine's load); single-threaded BLAS/Numba.
+# Rows append to the CSV as each observation is scored, so a killed grid loses at most one cell.
+# Usage: bash benchmarks/run_grid.sh [csv] [sdes] [budgets] [obs] [tasks]
+#   e.g. bash benchmarks/run_grid.sh results/benchmark.csv "ve vp" "1000 10000" 1-10
 set -u
 csv=${1:-results/benchmark.csv}
-budget=${2:-10000}
+sdes=${2:-"ve vp"}
+budgets=${3:-"1000 10000 100000"}
+obs=${4:-1-10}
+tasks=${5:-"two_moons slcp sir lotka_volterra gaussian_mixture gaussian_linear_uniform gaussian_linear bernoulli_glm"}
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
-tasks="two_moons slcp sir lotka_volterra gaussian_mixture gaussian_linear_uniform gaussian_linear bernoulli_glm"
-run() { snpse bench --task "$1" --method npse --sde "$2" --budget "$budget" --obs 1-5 --seed 0 --csv "$csv" --max-seconds "${MAX_SECONDS:-400}" --quiet; }
-for sde in ve vp; do
-  for t in $tasks; do run "$t" "$sde"; done &
+for sde in $sdes; do
+  for budget in $budgets; do
+    for t in $tasks; do
+      echo "== $(date -u +%H:%M:%S) $t npse-$sde $budget obs $obs"
+      snpse bench --task "$t" --method npse --sde "$sde" --budget "$budget" --obs "$obs" --seed 0 \
+        --csv "$csv" --quiet
+    done
+  done
 done
-wait

@@ -1,41 +1,25 @@
-"""Print the benchmark CSV as the markdown tables of docs/benchmark.md.
+"""Print the benchmark CSV as docs/benchmark.md's table, and optionally draw its figure.
 
-    python benchmarks/summarize.py results/benchmark.csv
+    python benchmarks/summarize.py results/benchmark.csv [--plot docs/figures/c2st_budget.png]
+
+Per (task, method, sde, budget) only the newest package version's rows count, the last row per
+observation (``snpse_np.bench.latest_rows``): older rows stay in the CSV as history.
 """
-import sys
+import argparse
 
-import numpy as np
-
-from snpse_np.bench import published_c2st, read_rows
+from snpse_np.bench import markdown_table, plot_c2st, read_rows
 
 
-def trunc(rs):
-    """Mean truncation seconds per run (all rounds), '-' for methods without truncation."""
-    t = [float(r.get("truncation_seconds") or 0.0) for r in rs]
-    return f"{np.mean(t):.0f}" if any(t) else "-"
-
-
-def main(path):
-    rows = read_rows(path)
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["method"], r["sde"], int(r["budget"])), []).append(r)
-    print("| task | method | budget | observations | C2ST (mean) | per observation | sbibm NPE | sbibm SNPE-C "
-          "| train s | truncation s | sample s (per obs) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (task, method, sde, budget), rs in sorted(groups.items()):
-        rs = sorted(rs, key=lambda r: int(r["observation"]))
-        obs = [int(r["observation"]) for r in rs]
-        c = [float(r["c2st"]) for r in rs]
-        npe, snpe = (published_c2st(task, budget, a, obs) for a in ("NPE", "SNPE"))
-        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"| {task} | {method}-{sde} | {budget} | {','.join(map(str, obs))} | {np.mean(c):.3f} | "
-              f"{' '.join(f'{v:.2f}' for v in c)} | {f(npe)} | {f(snpe)} | "
-              f"{np.mean([float(r['train_seconds']) for r in rs]):.0f} | "
-              f"{trunc(rs)} | {np.mean([float(r['sample_seconds']) for r in rs]):.0f} |")
-    machines = sorted({r["machine"] for r in rows})
-    print(f"\nMachine: {'; '.join(machines)}. Backends: {', '.join(sorted({r['backend'] for r in rows}))}.")
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", nargs="?", default="results/benchmark.csv")
+    ap.add_argument("--plot", default=None, help="also write the C2ST-vs-budget figure (PNG) here")
+    args = ap.parse_args()
+    rows = read_rows(args.csv)
+    print(markdown_table(rows))
+    if args.plot:
+        plot_c2st(rows, args.plot)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/benchmark.csv")
+    main()

@@ -187,7 +187,7 @@ def main(argv=None):
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(dict(row, task=task.name, budget=args.budget, c2st_classifier=args.c2st,
-                                         machine=machine_name())) + "\n")
+                                         machine=machine_name(), version=sn.__version__)) + "\n")
 
     tk = None if args.learning_rate is None else dict(learning_rate=args.learning_rate)
     rows = run_ours(task, theta, x, observations, steps, args.seed, args.c2st, args.num_samples, say, tk)

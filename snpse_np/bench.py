@@ -176,19 +176,76 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
     return rows
 
 
-def summary_table(rows):
-    """Mean C2ST per (task, method, sde, budget) beside sbibm's NPE and SNPE on the same observations."""
-    groups = {}
+REFERENCES = ("NPE", "SNPE", "NLE", "SNLE")  # sbibm's algorithms shown beside ours (SNPE is SNPE-C)
+TUNING, CHECKING = tuple(range(1, 6)), tuple(range(6, 11))  # observations 1-5 tune, 6-10 check
+
+
+def _version_key(text):
+    return tuple(int(p) if p.isdigit() else 0 for p in str(text).split("."))
+
+
+def latest_rows(rows):
+    """The rows a summary shows: per (task, method, sde, budget), only the newest package version's
+    rows (a recipe change bumps the version, and its rows must not be averaged with older ones),
+    and of those the last row per (observation, seed): a rerun supersedes, nothing is deleted."""
+    newest = {}
     for r in rows:
+        cell = (r["task"], r["method"], r["sde"], int(r["budget"]))
+        if cell not in newest or _version_key(r["version"]) > _version_key(newest[cell]):
+            newest[cell] = r["version"]
+    kept = {}
+    for r in rows:
+        cell = (r["task"], r["method"], r["sde"], int(r["budget"]))
+        if r["version"] == newest[cell]:
+            kept[cell + (int(r["observation"]), int(r["seed"]))] = r
+    return list(kept.values())
+
+
+def _cells(rows):
+    """{(task, method, sde, budget): [rows sorted by observation]} of ``latest_rows``."""
+    groups = {}
+    for r in latest_rows(rows):
         groups.setdefault((r["task"], r["method"], r["sde"], int(r["budget"])), []).append(r)
-    lines = [f"{'task':<24} {'method':<12} {'budget':>7} {'obs':>5} {'C2ST':>6} {'NPE':>6} {'SNPE':>6}"]
-    for (task, method, sde, budget), rs in sorted(groups.items()):
+    return {k: sorted(v, key=lambda r: int(r["observation"])) for k, v in sorted(groups.items())}
+
+
+def _mean_c2st(rs, observations):
+    vals = [float(r["c2st"]) for r in rs if int(r["observation"]) in observations]
+    return float(np.mean(vals)) if vals else None
+
+
+def summary_table(rows):
+    """Mean C2ST per (task, method, sde, budget) on observations 1-5 and 6-10 (``latest_rows``),
+    beside sbibm's NPE and SNPE(-C) means on the same observations; plain text."""
+    fmt = lambda v: f"{v:6.3f}" if v is not None else f"{'-':>6}"  # noqa: E731
+    lines = [f"{'task':<24} {'method':<12} {'budget':>7} {'obs':>5} {'1-5':>6} {'6-10':>6} {'NPE':>6} {'SNPE':>6}"]
+    for (task, method, sde, budget), rs in _cells(rows).items():
         obs = sorted({int(r["observation"]) for r in rs})
-        ours = np.mean([float(r["c2st"]) for r in rs])
         npe, snpe = (published_c2st(task, budget, a, obs) for a in ("NPE", "SNPE"))
-        fmt = lambda v: f"{v:6.3f}" if v is not None else f"{'-':>6}"  # noqa: E731
-        lines.append(f"{task:<24} {method + '-' + sde:<12} {budget:>7} {len(obs):>5} {ours:6.3f} {fmt(npe)} {fmt(snpe)}")
+        lines.append(f"{task:<24} {method + '-' + sde:<12} {budget:>7} {len(obs):>5} "
+                     f"{fmt(_mean_c2st(rs, TUNING))} {fmt(_mean_c2st(rs, CHECKING))} {fmt(npe)} {fmt(snpe)}")
     return "\n".join(lines)
+
+
+def markdown_table(rows):
+    """docs/benchmark.md's table: per (task, method, sde, budget) the package version, mean C2ST on
+    observations 1-5 and 6-10, every observation's C2ST, sbibm's published means (NPE, SNPE-C, NLE,
+    SNLE) over the same observations as ours, and the mean train / sample seconds."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = ["| task | method | budget | version | C2ST obs 1-5 | obs 6-10 | per observation (1, 2, ...) | "
+           + " | ".join(f"sbibm {a if a != 'SNPE' else 'SNPE-C'}" for a in REFERENCES) + " | train s | sample s |",
+           "|---|---|---|---|---|---|---|" + "---|" * len(REFERENCES) + "---|---|"]
+    for (task, method, sde, budget), rs in _cells(rows).items():
+        obs = [int(r["observation"]) for r in rs]
+        refs = " | ".join(f(published_c2st(task, budget, a, obs)) for a in REFERENCES)
+        per_obs = " ".join(f"{float(r['c2st']):.2f}" for r in rs)
+        out.append(f"| {task} | {method}-{sde} | {budget} | {rs[0]['version']} | {f(_mean_c2st(rs, TUNING))} | "
+                   f"{f(_mean_c2st(rs, CHECKING))} | {per_obs} | {refs} | "
+                   f"{np.mean([float(r['train_seconds']) for r in rs]):.0f} | "
+                   f"{np.mean([float(r['sample_seconds']) for r in rs]):.0f} |")
+    machines = sorted({r["machine"] for r in latest_rows(rows)})
+    out.append(f"\nMachines: {'; '.join(machines)}.")
+    return "\n".join(out)
 
 
 def read_rows(csv_path):
@@ -196,34 +253,60 @@ def read_rows(csv_path):
         return list(csv.DictReader(fh))
 
 
-def plot_c2st(rows, path):
-    """C2ST against budget per task, our methods beside sbibm's NPE / SNPE (matplotlib)."""
+def plot_c2st(rows, path, columns=4):
+    """C2ST against the simulation budget, one panel per task: our methods (mean over the
+    observations each has, ``latest_rows``; bars: min-max over them) beside sbibm's NPE, SNPE-C,
+    NLE and SNLE (published means over the same observations). PNG via matplotlib (optional)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rs = [r for r in rows if r["task"] == task]
-        budgets = sorted({int(r["budget"]) for r in rs})
-        obs = sorted({int(r["observation"]) for r in rs})
-        for alg, style in (("NPE", "k--"), ("SNPE", "k:")):
-            ys = [published_c2st(task, b, alg, obs) for b in budgets]
-            if all(y is not None for y in ys):
-                ax.plot(budgets, ys, style, label=f"sbibm {alg}")
-        for label in sorted({(r["method"], r["sde"]) for r in rs}):
-            pts = [(b, np.mean([float(r["c2st"]) for r in rs if (r["method"], r["sde"]) == label
-                                and int(r["budget"]) == b])) for b in budgets
-                   if any((r["method"], r["sde"]) == label and int(r["budget"]) == b for r in rs)]
-            ax.plot(*zip(*pts), "o-", label=f"{label[0]}-{label[1]}")
+    cells = _cells(rows)
+    tasks = sorted({k[0] for k in cells})
+    if not tasks:
+        raise ValueError("no rows to plot")
+    ncol = min(columns, len(tasks))
+    nrow = -(-len(tasks) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 3.0 * nrow), squeeze=False)
+    ref_style = dict(NPE=("0.35", "--"), SNPE=("0.35", ":"), NLE=("0.65", "--"), SNLE=("0.65", ":"))
+    ours = sorted({k[1:3] for k in cells})
+    color = {m: f"C{i}" for i, m in enumerate(ours)}  # one colour per method in every panel
+    for ax, task in zip(axes.ravel(), tasks):
+        mine = {k[1:]: rs for k, rs in cells.items() if k[0] == task}
+        budgets = sorted({k[2] for k in mine})
+        obs = sorted({int(r["observation"]) for rs in mine.values() for r in rs})
+        for alg in REFERENCES:
+            pts = [(b, published_c2st(task, b, alg, obs)) for b in (1_000, 10_000, 100_000)]
+            pts = [p for p in pts if p[1] is not None]
+            if pts:
+                grey, ls = ref_style[alg]
+                ax.plot(*zip(*pts), color=grey, linestyle=ls, marker=".",
+                        label=f"sbibm {alg if alg != 'SNPE' else 'SNPE-C'}")
+        for method, sde in sorted({k[:2] for k in mine}):
+            bs = [b for b in budgets if (method, sde, b) in mine]
+            vals = [[float(r["c2st"]) for r in mine[(method, sde, b)]] for b in bs]
+            mean = [np.mean(v) for v in vals]
+            err = [[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]]
+            ax.errorbar(bs, mean, yerr=err, marker="o", capsize=2, color=color[(method, sde)],
+                        label=f"ours {method.upper()}-{sde.upper()}")
         ax.set_xscale("log")
+        ax.set_xticks([1_000, 10_000, 100_000])
         ax.set_ylim(0.45, 1.02)
-        ax.set_title(task)
+        ax.axhline(0.5, color="0.85", linewidth=0.8, zorder=0)
+        ax.set_title(task, fontsize=10)
         ax.set_xlabel("simulations")
-    axes[0][0].set_ylabel("C2ST")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        ax.set_ylabel("C2ST")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(tasks):]:
+        ax.axis("off")
+    handles = {}
+    for ax in axes.ravel():
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(l, h)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(len(handles), 8),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _bench(args):
