@@ -56,3 +56,18 @@ def draw_until(n, dim, draw, accept, max_rounds=100, min_batch=64, max_batch=1_0
         if progress is not None:
             progress.update(f"{have}/{n} {what} (acceptance {have / tried:.3g})", force=True)
     return np.concatenate(kept)[:n]
+
+
+def draw_inside_prior(n, prior, draw):
+    """n rows (n, prior.dim) of ``draw(m)`` inside the prior support, and the fraction of every
+    candidate drawn that was inside (a Monte Carlo estimate of the proposal's in-prior mass; the
+    sequential variants SNPSE-B and SNPSE-C use it for their proposals)."""
+    counts = [0, 0]  # candidates inside the prior support, candidates
+
+    def inside(cand):
+        ok = prior.support_contains(cand)
+        counts[0], counts[1] = counts[0] + int(np.sum(ok)), counts[1] + len(ok)
+        return ok
+
+    theta = draw_until(n, prior.dim, draw, inside)
+    return theta, counts[0] / counts[1]

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .logweights import log_weights_ess
-from .rejection import draw_until
+from .rejection import draw_inside_prior
 from .rng import as_generator
 from .snpse_ab import CorrectedRounds
 
@@ -34,16 +34,8 @@ class SNPSEB(CorrectedRounds):
         # divided by its in-prior mass a; the acceptance fraction over every candidate drawn is its
         # Monte Carlo estimate
         rng = as_generator(seed)
-        counts = [0, 0]  # candidates inside the prior support, candidates
-
-        def inside(cand):
-            ok = self.prior.support_contains(cand)
-            counts[0], counts[1] = counts[0] + int(np.sum(ok)), counts[1] + len(ok)
-            return ok
-
-        theta = draw_until(n, self.prior.dim, lambda m: network.sample(m, x=self.x_o, seed=rng, **self.sample_kwargs),
-                           inside)
-        acceptance = counts[0] / counts[1]
+        theta, acceptance = draw_inside_prior(
+            n, self.prior, lambda m: network.sample(m, x=self.x_o, seed=rng, **self.sample_kwargs))
         return theta, math.log(acceptance), dict(acceptance=acceptance)
 
     def training_weights(self, inference, r, seed):

@@ -92,7 +92,7 @@ import numpy as np
 from .checks import integer
 from .iid import BoxDiffusedPrior, GaussianDiffusedPrior, MixtureDiffusedPrior, diffused_prior, erfcx
 from .npse import NPSE
-from .rejection import draw_until
+from .rejection import draw_inside_prior
 from .rng import as_generator, child_seed
 from .rounds import RoundDriver, split_budget
 
@@ -441,18 +441,10 @@ class SNPSEC(RoundDriver):
 
     def draw_from_previous(self, network, n, seed):
         """n draws (n, d) from ``network`` at x_o (ALD by default) inside the prior support, and the
-        in-prior fraction of all candidates drawn (``rejection.draw_until``, as ``SNPSEB``)."""
+        in-prior fraction of all candidates drawn (``rejection.draw_inside_prior``, as ``SNPSEB``)."""
         rng = as_generator(seed)
-        counts = [0, 0]  # candidates inside the prior support, candidates
-
-        def inside(cand):
-            ok = self.prior.support_contains(cand)
-            counts[0], counts[1] = counts[0] + int(np.sum(ok)), counts[1] + len(ok)
-            return ok
-
-        theta = draw_until(n, self.prior.dim, lambda m: network.sample(m, x=self.x_o, seed=rng, **self.sample_kwargs),
-                           inside)
-        return theta, counts[0] / counts[1]
+        return draw_inside_prior(n, self.prior,
+                                 lambda m: network.sample(m, x=self.x_o, seed=rng, **self.sample_kwargs))
 
     def train_round(self, r, inference, n):
         # the mixture weights count the parameters drawn (failed simulations too), see snpse_ab

@@ -22,6 +22,8 @@ from snpse_np.score import ScoreField, ScoreModel
 from snpse_np.sde import VESDE, VPSDE
 from snpse_np.standardize import Standardizer
 
+from npz_files import rewrite_npz
+
 NOISE = 0.25
 LOW, HIGH = -np.ones(2), np.ones(2)
 
@@ -307,24 +309,6 @@ def _tiny(prior, prior_score):
     return inference.append_simulations(theta, x).train(max_steps=30)
 
 
-def _rewrite(path, **changes):
-    """Rewrite the .npz at path with meta entries changed (None deletes) and, for keys "drop_<name>",
-    arrays removed."""
-    import json
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(str(arrays["meta"]))
-    for k, v in changes.items():
-        if k.startswith("drop_"):
-            arrays.pop(k[len("drop_"):])
-        elif v is None:
-            meta.pop(k)
-        else:
-            meta[k] = v
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
-
-
 @pytest.mark.parametrize("prior,prior_score", [
     (sn.Normal(np.zeros(2), np.ones(2)), "analytic"),
     (sn.BoxUniform(LOW, HIGH), "analytic"),
@@ -355,7 +339,7 @@ def test_nlse_posterior_round_trip_is_bit_identical(prior, prior_score, tmp_path
     with pytest.raises(NotImplementedError, match="i.i.d. trials"):
         back.sample(5, x=np.zeros((3, 2)), seed=0)
     if prior_score == "learned":  # a learned file without the prior network's weights is refused
-        _rewrite(path, drop_nlse_prior_params=True)
+        rewrite_npz(path, drop_nlse_prior_params=True)
         with pytest.raises(ValueError, match="nlse_prior_params"):
             sn.load(path, backend="numpy")
 
@@ -364,6 +348,6 @@ def test_an_nlse_file_without_its_prior_score_entry_is_refused(tmp_path):
     post = _tiny(sn.Normal(np.zeros(2), np.ones(2)), "analytic")
     path = tmp_path / "nlse.npz"
     post.save(path)
-    _rewrite(path, nlse=None)
+    rewrite_npz(path, nlse=None)
     with pytest.raises(ValueError, match="nlse file needs meta nlse"):
         sn.load(path, backend="numpy")

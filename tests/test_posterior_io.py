@@ -13,6 +13,8 @@ import pytest
 
 import snpse_np as sn
 
+from npz_files import rewrite_npz
+
 PRIOR = sn.BoxUniform(-np.ones(2), np.ones(2))
 X_O = np.array([0.1, -0.2])
 
@@ -139,28 +141,13 @@ def test_no_samples_asked_no_samples_given(post):
     assert post.log_prob(np.zeros((0, 2)), x=X_O).shape == (0,)
 
 
-def _edit_meta(path, **changes):
-    """Rewrite the meta of the .npz at path: entries set, or deleted where the value is None."""
-    import json
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(str(arrays["meta"]))
-    for k, v in changes.items():
-        if v is None:
-            meta.pop(k)
-        else:
-            meta[k] = v
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
-
-
 def test_the_file_names_its_kind_and_old_files_without_one_are_npse(post, tmp_path):
     import json
     path = tmp_path / "p.npz"
     post.save(path)
     with np.load(path, allow_pickle=False) as f:
         assert json.loads(str(f["meta"]))["kind"] == "npse"
-    _edit_meta(path, kind=None)  # as written before the kind existed
+    rewrite_npz(path, kind=None)  # as written before the kind existed
     back = sn.load(path, backend="numpy")
     assert type(back) is sn.ScorePosterior
     kw = dict(x=X_O, seed=3, method="rk4", steps=8)
@@ -170,6 +157,6 @@ def test_the_file_names_its_kind_and_old_files_without_one_are_npse(post, tmp_pa
 def test_an_unknown_kind_is_a_value_error_naming_it(post, tmp_path):
     path = tmp_path / "p.npz"
     post.save(path)
-    _edit_meta(path, kind="snpse_z")
+    rewrite_npz(path, kind="snpse_z")
     with pytest.raises(ValueError, match="unknown posterior kind 'snpse_z'"):
         sn.load(path)
