@@ -235,7 +235,8 @@ def markdown_table(rows):
     out = ["| task | method | budget | version | C2ST obs 1-5 | obs 6-10 | per observation (1, 2, ...) | "
            + " | ".join(f"sbibm {a if a != 'SNPE' else 'SNPE-C'}" for a in REFERENCES) + " | train s | sample s |",
            "|---|---|---|---|---|---|---|" + "---|" * len(REFERENCES) + "---|---|"]
-    for (task, method, sde, budget), rs in _cells(rows).items():
+    cells = _cells(rows)
+    for (task, method, sde, budget), rs in cells.items():
         obs = [int(r["observation"]) for r in rs]
         refs = " | ".join(f(published_c2st(task, budget, a, obs)) for a in REFERENCES)
         per_obs = " ".join(f"{float(r['c2st']):.2f}" for r in rs)
@@ -243,7 +244,7 @@ def markdown_table(rows):
                    f"{f(_mean_c2st(rs, CHECKING))} | {per_obs} | {refs} | "
                    f"{np.mean([float(r['train_seconds']) for r in rs]):.0f} | "
                    f"{np.mean([float(r['sample_seconds']) for r in rs]):.0f} |")
-    machines = sorted({r["machine"] for r in latest_rows(rows)})
+    machines = sorted({r["machine"] for rs in cells.values() for r in rs})
     out.append(f"\nMachines: {'; '.join(machines)}.")
     return "\n".join(out)
 
