@@ -358,6 +358,9 @@ class NLSE(NPSE):
 
     def __init__(self, prior, sde="ve", *args, prior_score="auto", prior_score_steps=None, **kwargs):
         super().__init__(prior, sde, *args, **kwargs)
+        if self.baseline is not None:
+            raise ValueError("baseline: NLSE learns a likelihood score, not the posterior's: the Gaussian "
+                             "baseline (a fit of theta given x) does not apply")
         if not isinstance(prior_score, str) or prior_score not in PRIOR_SCORES:
             raise ValueError(f"prior_score must be one of {PRIOR_SCORES}, got {prior_score!r}")
         if prior_score == "analytic" and not has_closed_form(prior):

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from .backend import get_backend
+from .linear_gaussian import BASELINES, LinearGaussian
 from .checks import integer, real, real_array
 from .nn import ScoreNetwork
 from .optim import Adam
@@ -162,6 +163,13 @@ class StepDraws:
         return a, s, c_in, tau, c, z, z_loss
 
 
+def baseline_shift(model, residual, t, z):
+    """sigma_t s_G(theta_t) (B, d) float64: the DSM target's shift for a model with a baseline
+    (``linear_gaussian.LinearGaussian.target_shift``); residual (B, d): the rows' rotated residuals r_0."""
+    alpha, sigma = model.sde.marginal(np.asarray(t, dtype=np.float64))
+    return model.gaussian.target_shift(residual, alpha, sigma, z)
+
+
 def target_shift(sde, added_score, theta0, t, z):
     """sigma_t g(theta_t, t) (B, d) float64: the DSM target's shift when the network's score is
     trained as s_net = s_target - g (``added_score`` g; NLSE: the diffused prior's score).
@@ -173,6 +181,20 @@ def target_shift(sde, added_score, theta0, t, z):
     alpha, sigma = sde.marginal(np.asarray(t, dtype=np.float64))
     theta_t = alpha[:, None] * np.asarray(theta0, dtype=np.float64) + sigma[:, None] * z
     return sigma[:, None] * added_score(theta_t, t)
+
+
+def combined_shift(model, added_score, theta0, residual, t, z, backend):
+    """The DSM target's shift of a batch (B, d), or None: the added score's (``target_shift``) plus
+    the baseline's (``baseline_shift``). theta0: device rows; residual: host r_0 rows or None."""
+    if (residual is not None) != model.baseline:
+        raise ValueError("residual rows must be given exactly when the model has a baseline")
+    shift = None
+    if added_score is not None:
+        shift = target_shift(model.sde, added_score, backend.to_host(theta0), t, z)
+    if residual is not None:
+        b = baseline_shift(model, residual, t, z)
+        shift = b if shift is None else shift + b
+    return shift
 
 
 class TrainStep:
@@ -188,7 +210,9 @@ class TrainStep:
     Buffers (workspace, parameter and gradient views, the packed draws) are made once here.
     ``opt`` holds the flat parameter buffer the step updates. ``added_score``: None, or a host
     function g(theta_t (B, d) float64, t (B,)) -> (B, d) added to the network's score in the loss
-    (the target becomes z + sigma g, see ``target_shift``; NLSE's diffused prior score).
+    (the target becomes z + sigma g, see ``target_shift``; NLSE's diffused prior score). A model
+    with a baseline (``model.baseline``) shifts the target by sigma s_G (``baseline_shift``): each
+    call then takes the batch's rotated residuals r_0 (``LinearGaussian.residual``, host rows).
     """
 
     def __init__(self, model, backend, opt, batch, dtype, weighted=False, added_score=None):
@@ -201,18 +225,18 @@ class TrainStep:
         self.ws = net.workspace(backend, self.B, dtype, train=True)
         self.theta_in, self.dout = xp.empty((self.B, self.d), dtype), xp.empty((self.B, self.d), dtype)
         self.added_score = added_score
-        self.draws = StepDraws(model, self.B, self.d, dtype, weighted=weighted, shifted=added_score is not None)
+        self.draws = StepDraws(model, self.B, self.d, dtype, weighted=weighted,
+                               shifted=added_score is not None or model.baseline)
 
-    def __call__(self, theta0, x, t, z, sqrt_w=None):
+    def __call__(self, theta0, x, t, z, sqrt_w=None, residual=None):
         """theta0 (B, d) and x (B, p): device rows (standardised); t (B,) float64 host times;
-        z (B, d) host noise; sqrt_w (B,) roots of the importance weights or None.
+        z (B, d) host noise; sqrt_w (B,) roots of the importance weights or None; residual (B, d)
+        the rows' r_0 (host), exactly when the model has a baseline.
 
         Returns the batch loss (float). A non-finite loss returns before the update (the caller
         decides what to tell the user)."""
         be = self.backend
-        shift = None if self.added_score is None else target_shift(self.model.sde, self.added_score,
-                                                                    be.to_host(theta0), t, z)
-        self.draws.fill(t, z, sqrt_w, shift)
+        self.draws.fill(t, z, sqrt_w, combined_shift(self.model, self.added_score, theta0, residual, t, z, be))
         a, s, c_in, tau, c, z_d, z_loss = self.draws.upload(be)
         be.ops.dsm_perturb(self.theta_in, theta0, z_d, a, s, c_in)
         out = self.net.forward(be, self.pv, self.theta_in, tau, self.ws, x=x)
@@ -230,15 +254,18 @@ class ValidationSet:
     theta (n, d), x (n, p): standardised host rows, tiled until at least ``min_rows`` rows are
     scored; weights (n,) importance weights (mean 1) or None, folded in as in training. The
     perturbation runs through the same ops as a training step (``StepDraws``, ``dsm_perturb``);
-    ``added_score`` shifts the target as in ``TrainStep``.
+    ``added_score`` and a baseline (``residual`` (n, d): the rows' r_0) shift the target as in
+    ``TrainStep``.
     """
 
     def __init__(self, model, backend, theta, x, batch, times, rng, dtype, weights=None, min_rows=1000,
-                 added_score=None):
+                 added_score=None, residual=None):
         be, xp, net = backend, backend.xp, model.net
         self.model, self.backend, self.net = model, backend, net
         reps = max(1, int(math.ceil(min_rows / theta.shape[0])))
         theta, x = np.tile(theta, (reps, 1)), np.tile(x, (reps, 1))
+        if residual is not None:
+            residual = np.tile(residual, (reps, 1))
         sqrt_w = None if weights is None else np.sqrt(np.tile(weights, reps))
         t = times.sample(theta.shape[0], rng)
         z = rng.standard_normal(theta.shape)
@@ -247,8 +274,9 @@ class ValidationSet:
             sl = slice(s, s + batch)
             b = theta[sl].shape[0]
             draws = StepDraws(model, b, net.dim_theta, dtype, weighted=weights is not None,
-                              shifted=added_score is not None)
-            shift = None if added_score is None else target_shift(model.sde, added_score, theta[sl], t[sl], z[sl])
+                              shifted=added_score is not None or model.baseline)
+            shift = combined_shift(model, added_score, theta[sl], None if residual is None else residual[sl],
+                                   t[sl], z[sl], be)
             draws.fill(t[sl], z[sl], None if sqrt_w is None else sqrt_w[sl], shift)
             a, sg, c_in, tau, c, z_d, z_loss = draws.upload(be)
             theta_in = xp.empty((b, net.dim_theta), dtype)
@@ -280,11 +308,22 @@ class NPSE:
     (default; ``floor`` is its small-noise output scale, see ``score``) or "none" (the paper);
     time_input: "sigma" (the authors' code), "t" or "log_sigma". threads: how many BLAS and
     Numba threads training and sampling use (None: ``threads.default_threads()``).
+    baseline: None (the network is the whole score) or "gaussian": a linear-Gaussian fit of theta
+    given x supplies a score the network corrects (``snpse_np.linear_gaussian``; it helps where the
+    posterior is close to Gaussian with a mean nearly linear in x, and hurts curved posteriors:
+    measured in NOTES.md). ``baseline_min_var``: the fit's variance floor (standardised units).
+    With or without the baseline, sampling starts from the fit's diffused p_T rather than the
+    SDE's N(0, sigma_max^2 I) (``linear_gaussian``: the SDE's base pulls every draw toward the
+    prior mean).
     """
+
+    # Fit the linear-Gaussian of theta | x at training (sampling starts from its diffused p_T); a
+    # subclass whose network learns another score than the posterior's (SNPSE-C's bridge) turns it off.
+    _fit_gaussian = True
 
     def __init__(self, prior, sde="ve", backend=None, seed=0, hidden=256, activation="silu",
                  precondition="noise", time_input="sigma", floor=0.1, dtype=np.float32, show_progress=True,
-                 threads=None, **sde_kwargs):
+                 threads=None, baseline=None, baseline_min_var=0.0, **sde_kwargs):
         if not all(hasattr(prior, a) for a in ("dim", "sample", "log_prob")):
             raise ValueError("prior must be a snpse_np prior (with dim, sample, log_prob)")
         integer(prior.dim, "prior.dim", minimum=1)
@@ -305,6 +344,10 @@ class NPSE:
             raise ValueError("dtype must be float32 or float64")
         self.show_progress = show_progress
         self.threads = check_threads(threads)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        self.baseline = baseline
+        self.baseline_min_var = real(baseline_min_var, "baseline_min_var", at_least=0.0)
         self._theta, self._x = [], []
         self.n_invalid = 0
         self.summary = {}
@@ -402,7 +445,12 @@ class NPSE:
         B = int(min(opts["batch_size"], n_tr))
 
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
-        model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor)
+        # the linear-Gaussian fit: where sampling starts; with baseline="gaussian" also a score the net corrects
+        gaussian = (LinearGaussian.fit(th[tr_idx], xs[tr_idx], min_var=self.baseline_min_var)
+                    if self._fit_gaussian else None)
+        model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor, gaussian=gaussian,
+                           baseline=self.baseline is not None)
+        residual = gaussian.residual(th, xs) if model.baseline else None  # r_0 of every row, fixed
         params = be.to_device(self._initial_params(net, init_params, dt))
 
         # the budget, in steps and epochs
@@ -435,7 +483,9 @@ class NPSE:
         times = TimeSampler(self.sde, opts["time_sampling"])
         w_val = None if weights is None else weights[val_idx] / weights[val_idx].mean()
         val = ValidationSet(model, be, th[val_idx], xs[val_idx], B, times,
-                            np.random.default_rng(self.rng.integers(2 ** 63)), dt, w_val, added_score=added)
+                            np.random.default_rng(self.rng.integers(2 ** 63)), dt, w_val, added_score=added,
+                            residual=None if residual is None else residual[val_idx])
+        r_tr = None if residual is None else residual[tr_idx]
         best, best_epoch, best_params = math.inf, 0, opt.eval_params.copy()
         plateau = Plateau(opts["patience"], opts["min_improvement"])
         progress = Progress(show)
@@ -455,7 +505,8 @@ class NPSE:
                 opt.lr = sched.lr(k, progress.elapsed)
                 loss = step(th_ep[start:start + B], x_ep[start:start + B], times.sample(B, self.rng),
                             self.rng.standard_normal((B, d)),
-                            None if weights is None else sw_tr[order[start:start + B]])
+                            None if weights is None else sw_tr[order[start:start + B]],
+                            None if r_tr is None else r_tr[order[start:start + B]])
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at step {k + 1}; lower the learning rate "

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .backend import get_backend
+from .linear_gaussian import BASELINES, LinearGaussian
 from .checks import integer, real, real_array
 from .files import write_atomic
 from .nn import ScoreNetwork
@@ -103,7 +104,7 @@ class ScorePosterior:
             return xc
         be = self.backend
         xs = be.to_device(self.x_std.forward(x[None, :]).astype(self.dtype))
-        xc = self.model.net.condition(be, self.params, xs)
+        xc = self.model.condition(be, self.params, xs)
         self._xc_cache = (x.copy(), xc)
         return xc
 
@@ -165,11 +166,12 @@ class ScorePosterior:
     def _sample_batches(self, n, x, sampler, opts, rng, batch_size, corrector_steps, snr, rtol, atol):
         be, d = self.backend, self.dim_theta
         xc = self._condition(x)
+        mean = self._start_means(xc)
         out = np.empty((n, d), dtype=np.float64)
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             field = self._field(xc, b)
-            theta = be.to_device(self.sde.prior_sample(b, d, rng).astype(self.dtype))
+            theta = be.to_device(self.model.base_sample(b, rng, mean).astype(self.dtype))
             theta = run_sampler(sampler, field, theta, opts, rng, corrector_steps, snr, rtol, atol)
             out[start:start + b] = self.theta_std.inverse(be.to_host(theta))
         return out
@@ -255,14 +257,15 @@ class ScorePosterior:
         return self._check_trials(arr) if arr.ndim == 2 and arr.shape[0] != 1 else None
 
     def embed(self, x):
-        """The network's x part of every observation, computed once: x (m, p) -> xc (m, h0) on the
-        backend (the x-MLP and the head's x block; 10,000 rows at a time)."""
+        """The conditioning rows of every observation, computed once: x (m, p) -> xc (m, h0) on the
+        backend (the x-MLP and the head's x block; with a baseline its mean follows: (m, h0 + d);
+        ``ScoreModel.condition``; 10,000 rows at a time)."""
         x = self._check_trials(x)
-        be, net = self.backend, self.model.net
+        be = self.backend
         parts = []
         for a in range(0, x.shape[0], 10_000):
             xs = be.to_device(self.x_std.forward(x[a:a + 10_000]).astype(self.dtype))
-            parts.append(net.condition(be, self.params, xs))
+            parts.append(self.model.condition(be, self.params, xs))
         return parts[0] if len(parts) == 1 else be.xp.concatenate(parts)
 
     def _draw_rows(self, trial, xc_trials, sampler, opts, rng, batch_size, corrector_steps, snr, rtol, atol,
@@ -275,7 +278,7 @@ class ScorePosterior:
             b = min(trial.size, a + batch_size)
             xc = xp.take(xc_trials, be.to_device(trial[a:b]), axis=0)
             field = self._field(xc, b - a)
-            theta = be.to_device(self.sde.prior_sample(b - a, d, rng).astype(self.dtype))
+            theta = be.to_device(self.model.base_sample(b - a, rng, self._start_means(xc)).astype(self.dtype))
             theta = run_sampler(sampler, field, theta, opts, rng, corrector_steps, snr, rtol, atol)
             out[a:b] = self.theta_std.inverse(be.to_host(theta))
             if progress is not None:
@@ -337,8 +340,14 @@ class ScorePosterior:
         th = be.to_device(z.astype(self.dtype))
         solver = get_ode_solver(method, log_density=True)
         th1, delta = solver.solve(field, th, steps, rtol, atol, with_div=True, forward=True)
-        return (self.sde.prior_log_prob(be.to_host(th1).astype(np.float64))
+        return (self.model.base_log_prob(be.to_host(th1).astype(np.float64), self._start_means(xc))
                 + be.to_host(delta).astype(np.float64) - self.theta_std.log_abs_det)
+
+    def _start_means(self, xc):
+        """The Gaussian fit's mean rows m(x) (1 or R, d) of conditioning rows xc, host float64, or None
+        (no fit: the SDE's base). Sampling starts from, and log-densities end on, its diffused p_T."""
+        mean = self.model.split(xc)[1]
+        return None if mean is None else self.backend.to_host(mean).astype(np.float64)
 
     @uses_threads
     def log_prob_batched(self, theta, x, method="rk45", steps=None, exact=True, seed=None, rtol=1e-4,
@@ -645,6 +654,9 @@ class ScorePosterior:
                     dtype=self.dtype.name, prior=name, prior_type=prior_type)
         kind_meta, kind_arrays = self._kind_state()
         meta.update(kind_meta)
+        if self.model.gaussian is not None:
+            meta["baseline"] = "gaussian" if self.model.baseline else None
+            kind_arrays = dict(kind_arrays, **self.model.gaussian.arrays())
         arrays = dict(params=self.backend.to_host(self.params), theta_mean=self.theta_std.mean,
                       theta_std=self.theta_std.std, theta_constant=self.theta_std.constant,
                       x_mean=self.x_std.mean, x_std=self.x_std.std, x_constant=self.x_std.constant,
@@ -706,8 +718,14 @@ def load(path, backend=None, prior=None):
 
     try:
         net = ScoreNetwork(**meta["net"])
+        baseline = meta.get("baseline")
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}")
+        # files written before the fit existed have none: their samplers start from the SDE's base
+        gaussian = LinearGaussian.from_arrays(arrays) if "gaussian_coef" in arrays else None
         model = ScoreModel(net, sde_from_config(meta["sde"]), meta["precondition"], meta["time_input"],
-                           real(meta["floor"], "floor", at_least=0.0))
+                           real(meta["floor"], "floor", at_least=0.0), gaussian=gaussian,
+                           baseline=baseline is not None)
     except (TypeError, ValueError, KeyError) as err:
         raise bad(f"bad metadata ({type(err).__name__}: {err})") from None
     d, p = net.dim_theta, net.dim_x

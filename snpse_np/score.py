@@ -54,15 +54,65 @@ CPU_CHUNK_ROWS = 1024
 
 class ScoreModel:
     """The score network ``net`` (``nn.ScoreNetwork``) and SDE ``sde`` with the preconditioning
-    and time input above; the coefficients every user of the score takes from here."""
+    and time input above; the coefficients every user of the score takes from here.
 
-    def __init__(self, net, sde, precondition="noise", time_input="sigma", floor=0.1):
+    ``gaussian``: None, or the linear-Gaussian fit of theta | x (``linear_gaussian.LinearGaussian``):
+    sampling starts from its diffused p_T (``base_sample``) and log-densities end on it
+    (``base_log_prob``); with ``baseline=True`` its diffused score is also added to the network's,
+    s = s_G + net / c_out. The conditioning rows of one observation (``condition``) are then the
+    network's x part (h0 columns) followed by the fit's mean m(x) (d columns), so everything that
+    gathers, repeats or caches conditioning rows carries both; ``split`` parts them.
+    """
+
+    def __init__(self, net, sde, precondition="noise", time_input="sigma", floor=0.1, gaussian=None,
+                 baseline=False):
         if precondition not in PRECONDITIONS:
             raise ValueError(f"precondition must be one of {PRECONDITIONS}, got {precondition!r}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
         self.net, self.sde = net, sde
         self.precondition, self.time_input, self.floor = precondition, time_input, float(floor)
+        if gaussian is not None and net is not None and (gaussian.dim_theta, gaussian.dim_x) != (net.dim_theta,
+                                                                                                  net.dim_x):
+            raise ValueError(f"the Gaussian fit is for (d, p) = ({gaussian.dim_theta}, {gaussian.dim_x}), "
+                             f"the network for ({net.dim_theta}, {net.dim_x})")
+        if baseline and gaussian is None:
+            raise ValueError("a baseline needs the Gaussian fit (gaussian=...)")
+        self.gaussian, self.baseline = gaussian, bool(baseline)
+
+    def condition(self, backend, params, xs):
+        """Conditioning rows for standardised observations xs (n, p) on the backend: the network's
+        x part (n, h0) (``nn.ScoreNetwork.condition``), with a Gaussian fit followed by m(x) (n, h0 + d)."""
+        xc = self.net.condition(backend, params, xs)
+        if self.gaussian is None:
+            return xc
+        mean = self.gaussian.mean(backend.to_host(xs)).astype(xc.dtype)
+        return backend.xp.concatenate([xc, backend.to_device(mean)], axis=1)
+
+    def base_sample(self, n, rng, mean=None):
+        """(n, d) host draws at t = T where sampling starts: the Gaussian fit's p_T for the rows'
+        means ``mean`` (1 or n, d host rows, z space) when the model has a fit, else the SDE's base."""
+        if self.gaussian is None or mean is None:
+            return self.sde.prior_sample(n, self.net.dim_theta, rng)
+        return self.gaussian.diffused_sample(n, mean, *self._marginal_T(), rng)
+
+    def base_log_prob(self, theta, mean=None):
+        """log density (n,) of host rows theta (n, d) at t = T under the distribution ``base_sample`` draws."""
+        if self.gaussian is None or mean is None:
+            return self.sde.prior_log_prob(theta)
+        return self.gaussian.diffused_log_prob(theta, mean, *self._marginal_T())
+
+    def _marginal_T(self):
+        alpha, sigma = self.sde.marginal(np.float64(self.sde.T))
+        return float(alpha), float(sigma)
+
+    def split(self, xc):
+        """(the network's x part, the Gaussian fit's mean rows or None) of conditioning rows, each
+        contiguous (the network's kernels take contiguous rows)."""
+        if self.gaussian is None:
+            return xc, None
+        h0 = xc.shape[1] - self.net.dim_theta
+        return xc[:, :h0].copy(), xc[:, h0:].copy()
 
     def coefficients(self, t):
         """(alpha, sigma, c_in, c_out, tau) as float64 arrays of the shape of t."""
@@ -141,7 +191,9 @@ class ScoreField(Field):
     """
 
     def __init__(self, model, backend, params, xc, batch, dtype, divergence=None, seed=None):
-        self.model, self.backend, self.xc = model, backend, xc
+        self.model, self.backend = model, backend
+        self.xc, mean = model.split(xc)  # the network's x part; the Gaussian fit's m(x) rows (or None)
+        self.mean = mean if model.baseline else None  # the baseline's score needs them
         if xc.shape[0] not in (1, batch):
             raise ValueError(f"xc must have 1 or {batch} rows (one per row of the batch), got {xc.shape[0]}")
         self.per_row_x = xc.shape[0] != 1 or batch == 1
@@ -165,7 +217,7 @@ class ScoreField(Field):
         # embeds the time in every row (20-25% more work per evaluation). Runs under 64 rows stay per row.
         self.segments = None
         if self.per_row_x and divergence is None and backend.name != "cuda" and batch > 1:
-            host = backend.to_host(xc)
+            host = backend.to_host(self.xc)
             bounds = np.concatenate([[0], np.flatnonzero(np.any(host[1:] != host[:-1], axis=1)) + 1, [batch]])
             if np.min(np.diff(bounds)) >= 64:
                 self.segments = [(s, min(b, s + self.chunk)) for a, b in zip(bounds[:-1], bounds[1:])
@@ -191,9 +243,9 @@ class ScoreField(Field):
         """(network output (B, d), c_in, c_out) at theta_in = c_in theta; chunked on the CPU."""
         xp, n = self.backend.xp, theta.shape[0]
         if np.ndim(t) == 0:
-            _, _, c_in, c_out, tau = (float(c) for c in self.model.coefficients(np.float64(t)))
+            self._alpha, self._sigma, c_in, c_out, tau = (float(c) for c in self.model.coefficients(np.float64(t)))
         else:
-            _, _, c_in, c_out, tau = self.model.coefficients(t)
+            self._alpha, self._sigma, c_in, c_out, tau = self.model.coefficients(t)
             c_in_d, tau_d = self.to_device(c_in), self.to_device(tau)
         spans = self.segments or [(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
         for s, e in spans:
@@ -217,18 +269,26 @@ class ScoreField(Field):
     def score(self, theta, t):
         """s (B, d): the network's output buffer scaled in place (use it before the next call)."""
         out, _, c_out = self._net(theta, t)
-        return score_from_output(out, c_out, self.to_device)
+        s = score_from_output(out, c_out, self.to_device)
+        if self.mean is not None:
+            self.model.gaussian.add_score(self.backend, s, theta, self.mean, self._alpha, self._sigma)
+        return s
 
     def velocity_div(self, theta, t):
         """(v (B, d), div v (B,)) with div v = d f - g^2 Tr(ds/dtheta) / 2 and
         Tr(ds/dtheta) = (c_in / c_out) Tr(d net / d theta_in): exact (d forward-mode tangents e_k)
         or Hutchinson's estimate u . (J u) with one Rademacher u per call (unbiased). 1/c_out is
-        folded into the g^2 / 2 coefficient here rather than applied by ``score_from_output``."""
+        folded into the g^2 / 2 coefficient here rather than applied by ``score_from_output``.
+        A baseline adds its score to v and its exact trace (``LinearGaussian.trace``) to div v."""
         xp = self.backend.xp
         out, c_in, c_out = self._net(theta, t)
         f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
         half_g2 = 0.5 * g * g
         v = self.column(f) * theta - self.column(half_g2 / c_out) * out
+        if self.mean is not None:
+            s_g = self.model.gaussian.add_score(self.backend, xp.zeros_like(theta), theta, self.mean, self._alpha,
+                                                self._sigma)
+            v -= self.column(half_g2) * s_g
         if self.divergence == "exact":
             t_in = self.t_in
         else:
@@ -237,10 +297,11 @@ class ScoreField(Field):
         tr = xp.empty(theta.shape[0], dtype=self.dtype)
         self.backend.ops.trace_rows(tr, t_out, t_in)
         d = theta.shape[1]
+        tr_g = 0.0 if self.mean is None else self.model.gaussian.trace(self._alpha, self._sigma)
         if np.ndim(t) == 0:
-            div = float(d * f) - float(half_g2 * c_in / c_out) * tr
+            div = float(d * f - half_g2 * tr_g) - float(half_g2 * c_in / c_out) * tr
         else:
-            div = self.to_device(d * f) - self.to_device(half_g2 * c_in / c_out) * tr
+            div = self.to_device(d * f - half_g2 * tr_g) - self.to_device(half_g2 * c_in / c_out) * tr
         return v, div
 
 
@@ -249,12 +310,15 @@ class ScoreJacobian:
 
     ``__call__(z, t)`` -> (s (R, d), J (R, d, d)) on the host in float64, with
     ds/dz = (c_in / c_out) d net / d theta_in by d forward-mode tangents (``ScoreNetwork.tangent``),
-    over chunks of ``CPU_CHUNK_ROWS`` rows on the CPU (the tangent buffers stay in cache).
-    xc: (R, h0) device rows, one per row of z.
+    over chunks of ``CPU_CHUNK_ROWS`` rows on the CPU (the tangent buffers stay in cache), plus a
+    baseline's score and Jacobian (``LinearGaussian.score`` / ``jacobian``).
+    xc: (R, h0) device conditioning rows (``ScoreModel.condition``), one per row of z.
     """
 
     def __init__(self, model, backend, params, xc, dtype):
-        self.model, self.backend, self.xc, self.dtype = model, backend, xc, dtype
+        self.model, self.backend, self.dtype = model, backend, dtype
+        self.xc, mean = model.split(xc)
+        self.mean = None if mean is None or not model.baseline else backend.to_host(mean).astype(np.float64)
         self.net = model.net
         self.params = self.net.views(params)
         self.rows = xc.shape[0]
@@ -274,7 +338,7 @@ class ScoreJacobian:
     def __call__(self, z, t):
         be, d = self.backend, self.net.dim_theta
         n = z.shape[0]
-        _, _, c_in, c_out, tau = self.model.coefficients(np.asarray(t, dtype=np.float64))
+        alpha, sigma, c_in, c_out, tau = self.model.coefficients(np.asarray(t, dtype=np.float64))
         s_out, j_out = np.empty((n, d)), np.empty((n, d, d))
         for a in range(0, n, self.chunk):
             b = min(n, a + self.chunk)
@@ -293,4 +357,9 @@ class ScoreJacobian:
             s_out[a:b] = be.to_host(out).astype(np.float64) * scale_s
             tan = be.to_host(self.net.tangent(be, self.params, eye, ws)).astype(np.float64)  # (d, R, d)
             j_out[a:b] = np.transpose(tan, (1, 2, 0)) * scale_j  # J[r, i, k] = d out_i / d in_k
+        if self.mean is not None:
+            bl = self.model.gaussian
+            al, sg = (alpha, sigma) if np.ndim(t) == 0 else (alpha[:n], sigma[:n])
+            s_out += bl.score(z, self.mean[:n], al, sg)
+            j_out += bl.jacobian(al, sg)
         return s_out, j_out

@@ -328,8 +328,13 @@ class BridgeNPSE(NPSE):
     (None in round 0) and ``summary["w0"]``.
     """
 
+    _fit_gaussian = False  # its network learns the bridge score, not the posterior's: the SDE's base stays
+
     def __init__(self, prior, sde="ve", *args, components=8, surrogate_seed=0, **kwargs):
         super().__init__(prior, sde, *args, **kwargs)
+        if self.baseline is not None:
+            raise ValueError("baseline: SNPSE-C's network learns a bridge score, not the posterior's: the Gaussian "
+                             "baseline (a fit of theta given x) does not apply")
         self.components = integer(components, "components", minimum=1)
         self.surrogate_seed = integer(surrogate_seed, "surrogate_seed", minimum=0)
         self.round_rows = []  # rows kept per append_simulations call (= per round)

@@ -264,7 +264,8 @@ def test_per_row_conditioning_matches_one_observation_at_a_time(tiny):
 def test_embed_equals_the_single_observation_condition(tiny):
     X = np.array([[0.3, -0.2], [1.5, 0.7]])
     xc = tiny.embed(X)
-    assert xc.shape == (2, tiny.model.net.head_sizes[0])
+    # the network's x part, then the linear-Gaussian fit's mean m(x) (where sampling starts)
+    assert xc.shape == (2, tiny.model.net.head_sizes[0] + tiny.dim_theta)
     for j in range(2):
         assert np.allclose(xc[j], tiny._condition(X[j])[0], rtol=1e-6, atol=1e-6)
 
@@ -279,10 +280,12 @@ def test_sample_batched_equals_per_observation_sampling(tiny):
     X = np.array([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]])
     s = tiny.sample_batched(200, X, method="rk4", steps=8, seed=5)
     assert s.shape == (3, 200, 2)
-    # the start points: the base draws in one block of 600 rows, trial-major
+    # the start points: the base draws in one block of 600 rows, trial-major, each row from the
+    # linear-Gaussian fit's p_T at its own observation
     from snpse_np.sampling import ode_fixed
     from snpse_np.score import ScoreField
-    start = tiny.sde.prior_sample(600, 2, np.random.default_rng(5)).astype(tiny.dtype)
+    means = np.repeat(tiny.backend.to_host(tiny.model.split(tiny.embed(X))[1]).astype(np.float64), 200, axis=0)
+    start = tiny.model.base_sample(600, np.random.default_rng(5), means).astype(tiny.dtype)
     for j in range(3):
         field = ScoreField(tiny.model, tiny.backend, tiny.params, tiny.embed(X[j:j + 1]), 200, tiny.dtype)
         want = tiny.theta_std.inverse(ode_fixed(field, start[200 * j:200 * (j + 1)].copy(), 8, "rk4")[0])
