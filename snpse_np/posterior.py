@@ -346,7 +346,7 @@ class ScorePosterior:
     def _start_means(self, xc):
         """The Gaussian fit's mean rows m(x) (1 or R, d) of conditioning rows xc, host float64, or None
         (no fit: the SDE's base). Sampling starts from, and log-densities end on, its diffused p_T."""
-        mean = self.model.split(xc)[1]
+        mean = self.model.fit_means(xc)
         return None if mean is None else self.backend.to_host(mean).astype(np.float64)
 
     @uses_threads

@@ -111,8 +111,13 @@ class ScoreModel:
         contiguous (the network's kernels take contiguous rows)."""
         if self.gaussian is None:
             return xc, None
-        h0 = xc.shape[1] - self.net.dim_theta
-        return xc[:, :h0].copy(), xc[:, h0:].copy()
+        return xc[:, :xc.shape[1] - self.net.dim_theta].copy(), self.fit_means(xc)
+
+    def fit_means(self, xc):
+        """The Gaussian fit's mean rows m(x) (rows, d) of conditioning rows xc (a contiguous copy), or None."""
+        if self.gaussian is None:
+            return None
+        return xc[:, xc.shape[1] - self.net.dim_theta:].copy()
 
     def coefficients(self, t):
         """(alpha, sigma, c_in, c_out, tau) as float64 arrays of the shape of t."""
