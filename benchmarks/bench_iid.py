@@ -64,16 +64,22 @@ def gaussian_log_post(theta, x):
     return -0.5 * np.sum((theta - mu) ** 2, axis=1) / v - 0.5 * D * np.log(2 * np.pi * v)
 
 
-def trained(workdir, sde, kind, n_sims, retrain):
-    path = os.path.join(workdir, f"iid_{sde}_{kind}_{n_sims}.npz")
+def trained(workdir, sde, kind, n_sims, retrain, baseline=None):
+    tag = "" if baseline is None else f"_{baseline}"
+    path = os.path.join(workdir, f"iid_{sde}_{kind}_{n_sims}{tag}.npz")
     if os.path.exists(path) and not retrain:
         return sn.load(path), None
     prior = make_prior(kind)
     theta = prior.sample(n_sims, seed=0)
     x = simulate(theta, np.random.default_rng(1))
     t0 = time.perf_counter()
-    post = sn.NPSE(prior, sde=sde, seed=0, show_progress=False).append_simulations(theta, x).train()
+    inference = sn.NPSE(prior, sde=sde, seed=0, show_progress=False, baseline=baseline)
+    post = inference.append_simulations(theta, x).train()
     seconds = time.perf_counter() - t0
+    if baseline == "auto":
+        losses = inference.summary["baseline_val_losses"]
+        print(f"baseline auto: validation loss {losses[None]:.5f} without, {losses['gaussian']:.5f} with; "
+              f"kept {inference.summary['baseline']}", flush=True)
     os.makedirs(workdir, exist_ok=True)
     post.save(path)
     return post, seconds
@@ -93,10 +99,11 @@ def main():
     ap.add_argument("--workdir", default="runs/bench_iid")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--c2st", default="sklearn", choices=["sklearn", "fast"])
+    ap.add_argument("--baseline", default=None, choices=["gaussian", "auto"], help="NPSE's Gaussian baseline")
     args = ap.parse_args()
     for sde in args.sde:
         for kind in args.prior:
-            post, secs = trained(args.workdir, sde, kind, args.num_simulations, args.retrain)
+            post, secs = trained(args.workdir, sde, kind, args.num_simulations, args.retrain, args.baseline)
             print(f"== {sde} {kind}: " + (f"trained in {secs:.0f}s" if secs else "cached"), flush=True)
             for m in args.trials:
                 x_o = np.zeros((m, D))

@@ -78,12 +78,13 @@ def sde_kwargs(task, sde):
 
 
 def npse_on_task(task, num_simulations, observations, seed=0, sde="ve", backend=None, sampler="ode",
-                 num_samples=10_000, threads=None, train_kwargs=None, show_progress=True, say=None):
+                 num_samples=10_000, threads=None, train_kwargs=None, show_progress=True, say=None, baseline=None):
     """Simulate, train, sample: one amortised NPSE on ``task`` (``snpse run`` and the NPSE benchmark).
 
     Draws ``num_simulations`` parameters from the task's prior (seed ``child_seed(seed, 1)``),
     simulates them (``child_seed(seed, 2)``), trains one NPSE (seed ``seed``; ``train_kwargs`` to
-    ``NPSE.train``; the VE sigma_min from the task where it gives one) and draws ``num_samples``
+    ``NPSE.train``; ``baseline`` to ``NPSE``; the VE sigma_min from the task where it gives one) and draws
+    ``num_samples``
     at each observation number k in ``observations`` with ``sampler``, rejecting draws outside
     the prior (``child_seed(seed, 3, k)``). say: None or a callable told a line after the
     simulations and after each sampling. Returns (inference, posterior, draws), draws a list of
@@ -99,7 +100,7 @@ def npse_on_task(task, num_simulations, observations, seed=0, sde="ve", backend=
     if say is not None:
         say(f"simulated {num_simulations} in {time.perf_counter() - t0:.1f}s")
     inference = NPSE(task.prior, sde=sde, backend=backend, seed=seed, show_progress=show_progress,
-                     threads=threads, **sde_kwargs(task, sde))
+                     threads=threads, baseline=baseline, **sde_kwargs(task, sde))
     posterior = inference.append_simulations(theta, x).train(**dict(train_kwargs or {}))
     draws = []
     for k in observations:
@@ -124,8 +125,11 @@ def score_samples(reference, samples, classifier="fast"):
 
 def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observations=(1,), seed=0, backend=None,
                   num_samples=10_000, classifier="fast", csv_path=None, num_rounds=10, max_seconds=None,
-                  show_progress=True, train_kwargs=None):
-    """Run, score and (optionally) append rows to ``csv_path``; returns the list of row dicts."""
+                  show_progress=True, train_kwargs=None, baseline=None):
+    """Run, score and (optionally) append rows to ``csv_path``; returns the list of row dicts.
+
+    ``baseline``: None, "gaussian" or "auto" (``NPSE``'s option; TSNPSE passes it to every round's
+    NPSE); rows with one name the method "<method>/<baseline>" so they form their own cells."""
     import snpse_np as sn
     from . import __version__
     from .rng import child_seed
@@ -137,7 +141,8 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
     train_kwargs = dict(train_kwargs or {})
     if max_seconds is not None:
         train_kwargs["max_seconds"] = max_seconds
-    base = dict(task=task_name, method=method, sde=sde, budget=budget, seed=seed, c2st_classifier=classifier,
+    label = method if baseline is None else f"{method}/{baseline}"
+    base = dict(task=task_name, method=label, sde=sde, budget=budget, seed=seed, c2st_classifier=classifier,
                 backend=be.name, machine=machine_name(), version=__version__)
     rows = []
 
@@ -146,13 +151,13 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
         if csv_path:
             append_csv_row(csv_path, row, FIELDS)
         if show_progress:
-            print(f"  {task_name} {method}-{sde} {budget} obs {row['observation']}: C2ST {row['c2st']:.3f} "
+            print(f"  {task_name} {label}-{sde} {budget} obs {row['observation']}: C2ST {row['c2st']:.3f} "
                   f"(train {row['train_seconds']:.0f}s, sample {row['sample_seconds']:.0f}s)", flush=True)
 
     if method == "npse":
         inference, _, draws = npse_on_task(task, budget, observations, seed=seed, sde=sde, backend=be,
                                            num_samples=num_samples, train_kwargs=train_kwargs,
-                                           show_progress=show_progress)
+                                           show_progress=show_progress, baseline=baseline)
         for k, samples, t_sample in draws:
             c, me, vr = score_samples(task.reference_samples(k), samples, classifier)
             emit(dict(base, observation=k, c2st=c, mean_error=me, variance_ratio=vr,
@@ -161,7 +166,8 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
     elif method == "tsnpse":
         for k in observations:
             run = sn.TSNPSE(task.prior, task.simulate, task.observation(k), sde=sde, backend=be, seed=seed,
-                            show_progress=show_progress, train_kwargs=train_kwargs, **sde_kwargs(task, sde))
+                            show_progress=show_progress, train_kwargs=train_kwargs,
+                            **({} if baseline is None else dict(baseline=baseline)), **sde_kwargs(task, sde))
             posterior = run.run(num_simulations=budget, num_rounds=num_rounds)
             t0 = time.perf_counter()
             samples = posterior.sample(num_samples, seed=child_seed(seed, 3, k), reject_outside_prior=True)
@@ -313,7 +319,7 @@ def plot_c2st(rows, path, columns=4):
 def _bench(args):
     rows = run_benchmark(args.task, args.method, args.sde, args.budget, parse_obs(args.obs), args.seed,
                          args.backend, args.num_samples, args.c2st, args.csv, args.rounds, args.max_seconds,
-                         show_progress=not args.quiet,
+                         show_progress=not args.quiet, baseline=args.baseline,
                          train_kwargs={k: v for k, v in dict(max_epochs=args.max_epochs,
                                                              max_steps=args.max_steps).items() if v is not None})
     print(summary_table(rows))
@@ -341,5 +347,7 @@ def add_parser(sub):
                    help="each training's budget in epochs (unlike --max-seconds, independent of the machine's load)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="each training's budget in Adam steps (default: the package's, from the number of simulations)")
+    p.add_argument("--baseline", default=None, choices=["gaussian", "auto"],
+                   help="NPSE's Gaussian baseline: on, or chosen by the validation loss (rows: method <method>/<baseline>)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_bench)

@@ -41,7 +41,7 @@ def _run(args):
     _, posterior, [(_, samples, _)] = npse_on_task(
         task, args.num_simulations, [args.obs], seed=args.seed, sde=args.sde, backend=args.backend,
         sampler=args.sampler, num_samples=args.num_samples, threads=args.threads, train_kwargs=train_kwargs,
-        show_progress=not args.quiet, say=print)
+        show_progress=not args.quiet, say=print, baseline=args.baseline)
     ref = None
     try:
         ref = task.reference_samples(args.obs)
@@ -104,6 +104,9 @@ def main(argv=None):
                      help="wall-clock training budget (s): the learning rate anneals to it")
     run.add_argument("--threads", type=_positive_int, default=None,
                      help="BLAS/Numba threads for training and sampling (default 1, or $SNPSE_THREADS)")
+    run.add_argument("--baseline", default=None, choices=["gaussian", "auto"],
+                     help="a linear-Gaussian score the network corrects: on, or kept only if it lowers the "
+                          "validation loss (auto: trains twice)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest")
     run.add_argument("--no-c2st", action="store_true")

@@ -163,13 +163,6 @@ class StepDraws:
         return a, s, c_in, tau, c, z, z_loss
 
 
-def baseline_shift(model, residual, t, z):
-    """sigma_t s_G(theta_t) (B, d) float64: the DSM target's shift for a model with a baseline
-    (``linear_gaussian.LinearGaussian.target_shift``); residual (B, d): the rows' rotated residuals r_0."""
-    alpha, sigma = model.sde.marginal(np.asarray(t, dtype=np.float64))
-    return model.gaussian.target_shift(residual, alpha, sigma, z)
-
-
 def target_shift(sde, added_score, theta0, t, z):
     """sigma_t g(theta_t, t) (B, d) float64: the DSM target's shift when the network's score is
     trained as s_net = s_target - g (``added_score`` g; NLSE: the diffused prior's score).
@@ -185,14 +178,16 @@ def target_shift(sde, added_score, theta0, t, z):
 
 def combined_shift(model, added_score, theta0, residual, t, z, backend):
     """The DSM target's shift of a batch (B, d), or None: the added score's (``target_shift``) plus
-    the baseline's (``baseline_shift``). theta0: device rows; residual: host r_0 rows or None."""
+    the baseline's, sigma_t s_G(theta_t) (``linear_gaussian.LinearGaussian.target_shift``). theta0: device
+    rows; residual: the rows' rotated residuals r_0 (host) or None."""
     if (residual is not None) != model.baseline:
         raise ValueError("residual rows must be given exactly when the model has a baseline")
     shift = None
     if added_score is not None:
         shift = target_shift(model.sde, added_score, backend.to_host(theta0), t, z)
     if residual is not None:
-        b = baseline_shift(model, residual, t, z)
+        alpha, sigma = model.sde.marginal(np.asarray(t, dtype=np.float64))
+        b = model.gaussian.target_shift(residual, alpha, sigma, z)
         shift = b if shift is None else shift + b
     return shift
 
@@ -211,7 +206,7 @@ class TrainStep:
     ``opt`` holds the flat parameter buffer the step updates. ``added_score``: None, or a host
     function g(theta_t (B, d) float64, t (B,)) -> (B, d) added to the network's score in the loss
     (the target becomes z + sigma g, see ``target_shift``; NLSE's diffused prior score). A model
-    with a baseline (``model.baseline``) shifts the target by sigma s_G (``baseline_shift``): each
+    with a baseline (``model.baseline``) shifts the target by sigma s_G (``combined_shift``): each
     call then takes the batch's rotated residuals r_0 (``LinearGaussian.residual``, host rows).
     """
 
@@ -311,8 +306,11 @@ class NPSE:
     baseline: None (the network is the whole score) or "gaussian": a linear-Gaussian fit of theta
     given x supplies a score the network corrects (``snpse_np.linear_gaussian``; it helps where the
     posterior is close to Gaussian with a mean nearly linear in x, and hurts curved posteriors:
-    measured in NOTES.md). ``baseline_min_var``: the fit's variance floor (standardised units).
-    With or without the baseline, sampling starts from the fit's diffused p_T rather than the
+    measured in NOTES.md); "auto": ``train`` runs twice from the same random state, without and with
+    the baseline, and keeps the run with the lower held-out DSM loss (both estimate the loss of the
+    total score on the same draws; twice the training time; ``summary["baseline"]`` says which was kept,
+    ``summary["baseline_val_losses"]`` the two losses). ``baseline_min_var``: the fit's variance floor
+    (standardised units). With or without the baseline, sampling starts from the fit's diffused p_T rather than the
     SDE's N(0, sigma_max^2 I) (``linear_gaussian``: the SDE's base pulls every draw toward the
     prior mean).
     """
@@ -344,8 +342,8 @@ class NPSE:
             raise ValueError("dtype must be float32 or float64")
         self.show_progress = show_progress
         self.threads = check_threads(threads)
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if baseline not in BASELINES + ("auto",):
+            raise ValueError(f"baseline must be one of {BASELINES + ('auto',)}, got {baseline!r}")
         self.baseline = baseline
         self.baseline_min_var = real(baseline_min_var, "baseline_min_var", at_least=0.0)
         self._theta, self._x = [], []
@@ -390,7 +388,8 @@ class NPSE:
         ``final_learning_rate`` (``lr_schedule``: "cosine", "linear", "constant" or "wsd"; see
         ``schedule``). The budget: ``max_steps``, else ``max_epochs`` epochs, else
         ``schedule.default_steps`` (from the number of simulations); ``max_seconds`` is a
-        wall-clock budget the schedule anneals to as well (whichever ends first).
+        wall-clock budget the schedule anneals to as well (whichever ends first; with
+        ``baseline="auto"`` each of the two runs gets half).
 
         An epoch is as many reshuffled passes over the training split (each with fresh t and z)
         as make at least ``min_steps_per_epoch`` steps (with few simulations one pass is a
@@ -403,8 +402,9 @@ class NPSE:
         ``final_learning_rate`` over a quarter of the steps run, within the budget), or, with
         ``lr_schedule="constant"``, stops the run. ``ema_decay``: a float in (0, 1), "auto" (an
         averaging window of 5% of the budget) or 0 (off). A NaN/inf loss stops with a
-        FloatingPointError. ``time_sampling``: "uniform" t or "lognormal" sigma (see
-        ``time_sampling``; measured worse on two_moons and slcp). ``init_params`` starts from
+        FloatingPointError. ``time_sampling``: "uniform" t, "lognormal" sigma (see
+        ``time_sampling``; measured worse on two_moons and slcp with VE) or "log_uniform" sigma (the
+        same as "uniform" for VE; for VP it helped three sbibm tasks and hurt gaussian_linear badly: NOTES.md). ``init_params`` starts from
         given weights (a warm start) instead of a fresh initialisation.
 
         ``sample_weights``: optional importance weights, one per simulation, shape (n,), aligned
@@ -427,12 +427,44 @@ class NPSE:
         opts.update({k: v for k, v in given.items() if v is not None})
         _check_train_options(opts)
         show = self.show_progress if show_progress is None else show_progress
-        theta, x = self.get_simulations()
-        n = theta.shape[0]
+        n = len(self.get_simulations()[0])
         weights = None if sample_weights is None else _check_weights(sample_weights, n)
         n_val = max(1, int(round(n * opts["validation_fraction"])))
         if n - n_val < 1:
             raise ValueError(f"too few simulations ({n}) for a validation split")
+        if self.baseline != "auto":
+            return self._train_one(opts, show, init_params, weights, baseline=self.baseline is not None)
+        # baseline="auto": the same run twice from the same generator state (the same split,
+        # batches, times, noise and validation draws), kept by the lower held-out DSM loss. Both
+        # losses estimate E |sigma_t s(theta_t) + z|^2 of the TOTAL score on the same draws, so they
+        # compare the two models directly.
+        state = self.rng.bit_generator.state
+        if opts["max_seconds"] is not None:  # the wall-clock budget bounds the whole call: half each
+            opts = dict(opts, max_seconds=0.5 * opts["max_seconds"])
+        runs = []
+        for with_baseline in (False, True):
+            self.rng.bit_generator.state = state
+            if show:
+                print(f"baseline auto: training {'with' if with_baseline else 'without'} the Gaussian baseline",
+                      flush=True)
+            posterior = self._train_one(opts, show, init_params, weights, baseline=with_baseline)
+            runs.append((self.summary["best_val_loss"], with_baseline, posterior, self.summary))
+        losses = {("gaussian" if r[1] else None): r[0] for r in runs}
+        _, with_baseline, posterior, summary = min(runs, key=lambda r: r[0])  # a tie keeps no baseline
+        total_seconds = sum(r[3]["train_seconds"] for r in runs)
+        self.summary = dict(summary, baseline_val_losses=losses, train_seconds=total_seconds)
+        if show:
+            print(f"baseline auto: validation loss {losses[None]:.5f} without, {losses['gaussian']:.5f} with; "
+                  f"kept {'the baseline' if with_baseline else 'no baseline'}", flush=True)
+        self._posterior = posterior
+        return posterior
+
+    def _train_one(self, opts, show, init_params, weights, baseline):
+        """One training run with checked options ``opts`` (see ``train``); ``baseline``: whether the
+        network corrects the Gaussian fit's score. Sets ``summary`` and returns the posterior."""
+        theta, x = self.get_simulations()
+        n = theta.shape[0]
+        n_val = max(1, int(round(n * opts["validation_fraction"])))
 
         be, xp, dt = self.backend, self.backend.xp, self.dtype
         theta_std, x_std = Standardizer.fit(theta), Standardizer.fit(x)
@@ -449,7 +481,7 @@ class NPSE:
         gaussian = (LinearGaussian.fit(th[tr_idx], xs[tr_idx], min_var=self.baseline_min_var)
                     if self._fit_gaussian else None)
         model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor, gaussian=gaussian,
-                           baseline=self.baseline is not None)
+                           baseline=baseline)
         residual = gaussian.residual(th, xs) if model.baseline else None  # r_0 of every row, fixed
         params = be.to_device(self._initial_params(net, init_params, dt))
 
@@ -550,7 +582,7 @@ class NPSE:
         self.summary = dict(steps=k, total_steps=total, epochs=epoch, steps_per_epoch=steps_per_epoch,
                             best_epoch=best_epoch, best_val_loss=best, stop_reason=stop_reason,
                             cooldown_step=cooldown_step, train_seconds=progress.elapsed, n_train=n_tr, n_val=n_val,
-                            n_invalid=self.n_invalid,
+                            n_invalid=self.n_invalid, baseline="gaussian" if baseline else None,
                             weights_ess=None if weights is None else effective_sample_size(weights),
                             history=np.array(history),
                             **dict(opts, ema_decay=decay, warmup_steps=warmup, learning_rate=peak))

@@ -245,13 +245,15 @@ class ScoreField(Field):
         return self._ragged[rows]
 
     def _net(self, theta, t):
-        """(network output (B, d), c_in, c_out) at theta_in = c_in theta; chunked on the CPU."""
+        """(network output (B, d), (alpha, sigma, c_in, c_out)) at theta_in = c_in theta; chunked on
+        the CPU. The coefficients are floats for one t, float64 (B,) host arrays for per-row times."""
         xp, n = self.backend.xp, theta.shape[0]
         if np.ndim(t) == 0:
-            self._alpha, self._sigma, c_in, c_out, tau = (float(c) for c in self.model.coefficients(np.float64(t)))
+            alpha, sigma, c_in, c_out, tau = (float(c) for c in self.model.coefficients(np.float64(t)))
         else:
-            self._alpha, self._sigma, c_in, c_out, tau = self.model.coefficients(t)
+            alpha, sigma, c_in, c_out, tau = self.model.coefficients(t)
             c_in_d, tau_d = self.to_device(c_in), self.to_device(tau)
+        coefs = alpha, sigma, c_in, c_out
         spans = self.segments or [(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
         for s, e in spans:
             ws, theta_in = self._buffers(e - s)
@@ -267,16 +269,16 @@ class ScoreField(Field):
                 xc = self.xc[s:e] if self.per_row_x else self.xc  # per-row x parts follow the chunk
             out = self.net.forward(self.backend, self.params, theta_in, tau_c, ws, xc=xc)
             if self.out is None:
-                return out, c_in, c_out
+                return out, coefs
             self.out[s:e] = out
-        return self.out[:n], c_in, c_out
+        return self.out[:n], coefs
 
     def score(self, theta, t):
         """s (B, d): the network's output buffer scaled in place (use it before the next call)."""
-        out, _, c_out = self._net(theta, t)
+        out, (alpha, sigma, _, c_out) = self._net(theta, t)
         s = score_from_output(out, c_out, self.to_device)
         if self.mean is not None:
-            self.model.gaussian.add_score(self.backend, s, theta, self.mean, self._alpha, self._sigma)
+            self.model.gaussian.add_score(self.backend, s, theta, self.mean, alpha, sigma)
         return s
 
     def velocity_div(self, theta, t):
@@ -286,13 +288,12 @@ class ScoreField(Field):
         folded into the g^2 / 2 coefficient here rather than applied by ``score_from_output``.
         A baseline adds its score to v and its exact trace (``LinearGaussian.trace``) to div v."""
         xp = self.backend.xp
-        out, c_in, c_out = self._net(theta, t)
+        out, (alpha, sigma, c_in, c_out) = self._net(theta, t)
         f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
         half_g2 = 0.5 * g * g
         v = self.column(f) * theta - self.column(half_g2 / c_out) * out
         if self.mean is not None:
-            s_g = self.model.gaussian.add_score(self.backend, xp.zeros_like(theta), theta, self.mean, self._alpha,
-                                                self._sigma)
+            s_g = self.model.gaussian.add_score(self.backend, xp.zeros_like(theta), theta, self.mean, alpha, sigma)
             v -= self.column(half_g2) * s_g
         if self.divergence == "exact":
             t_in = self.t_in
@@ -302,7 +303,7 @@ class ScoreField(Field):
         tr = xp.empty(theta.shape[0], dtype=self.dtype)
         self.backend.ops.trace_rows(tr, t_out, t_in)
         d = theta.shape[1]
-        tr_g = 0.0 if self.mean is None else self.model.gaussian.trace(self._alpha, self._sigma)
+        tr_g = 0.0 if self.mean is None else self.model.gaussian.trace(alpha, sigma)
         if np.ndim(t) == 0:
             div = float(d * f - half_g2 * tr_g) - float(half_g2 * c_in / c_out) * tr
         else:

@@ -92,3 +92,11 @@ def test_run_benchmark_end_to_end(tmp_path):
     for r in rows:
         assert 0.5 <= r["c2st"] <= 1.0 and np.isfinite(r["mean_error"])
     assert len(bench.read_rows(str(path))) == 2
+
+
+def test_run_benchmark_with_a_baseline_labels_its_rows(tmp_path):
+    """Rows of a baseline run name it in the method, so they form their own cell in the tables."""
+    rows = bench.run_benchmark("gaussian_linear", budget=600, observations=[1], num_samples=300,
+                               show_progress=False, train_kwargs=dict(max_steps=200), baseline="auto")
+    assert rows[0]["method"] == "npse/auto" and 0.5 <= rows[0]["c2st"] <= 1.0
+    assert "npse/auto-ve" in bench.summary_table(rows)

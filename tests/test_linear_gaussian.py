@@ -178,6 +178,27 @@ def test_baseline_survives_save_load_and_serves_iid_and_batched(trained_with_bas
     np.testing.assert_allclose(iid.mean(0), var2 * (X_O + X_O + 0.5 - 2.0) / 0.3, atol=0.1)
 
 
+def test_auto_baseline_keeps_the_run_with_the_lower_validation_loss():
+    """baseline="auto" trains both models from the same random state: each run is bit for bit the
+    run of its fixed option, and the kept one has the lower held-out loss. On this problem the fit
+    IS the posterior, so the baseline must win."""
+    prior = sn.Normal(np.zeros(D), np.ones(D))
+    theta = prior.sample(2500, seed=1)
+    x = simulate(theta, 2)
+    runs = {}
+    for baseline in (None, "gaussian", "auto"):
+        inference = sn.NPSE(prior, sde="ve", seed=0, show_progress=False, baseline=baseline)
+        runs[baseline] = (inference, inference.append_simulations(theta, x).train(max_steps=400))
+    auto, post = runs["auto"]
+    losses = auto.summary["baseline_val_losses"]
+    assert losses == {None: runs[None][0].summary["best_val_loss"],
+                      "gaussian": runs["gaussian"][0].summary["best_val_loss"]}
+    assert losses["gaussian"] < losses[None]
+    assert auto.summary["baseline"] == "gaussian" and auto.summary["best_val_loss"] == losses["gaussian"]
+    assert post.model.baseline
+    np.testing.assert_array_equal(post.sample(100, x=X_O, seed=4), runs["gaussian"][1].sample(100, x=X_O, seed=4))
+
+
 def test_bad_baseline_options():
     prior = sn.Normal(np.zeros(2), np.ones(2))
     with pytest.raises(ValueError, match="baseline"):
@@ -186,6 +207,8 @@ def test_bad_baseline_options():
         sn.NPSE(prior, baseline="gaussian", baseline_min_var=-1.0)
     with pytest.raises(ValueError, match="likelihood score"):
         sn.NLSE(prior, baseline="gaussian")
+    with pytest.raises(ValueError, match="likelihood score"):
+        sn.NLSE(prior, baseline="auto")
     with pytest.raises(ValueError, match="evals"):
         LinearGaussian(np.zeros((3, 2)), np.array([1.0, 0.0]), np.eye(2))
 

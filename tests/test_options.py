@@ -14,7 +14,7 @@ import snpse_np as sn
 from snpse_np.backend import get_backend
 from snpse_np.nn import ScoreNetwork
 from snpse_np.score import ScoreField, ScoreModel
-from snpse_np.sde import VESDE, VPSDE
+from snpse_np.sde import VESDE, VPSDE, SubVPSDE
 from snpse_np.time_sampling import TimeSampler, _erfinv
 
 D, NOISE, SHIFT = 2, 0.3, 1.0
@@ -77,6 +77,20 @@ def test_lognormal_times_follow_the_truncated_normal_in_log_sigma():
         dist = truncnorm((lo + 1.2) / 1.2, (hi + 1.2) / 1.2, loc=-1.2, scale=1.2)
         assert abs(log_sigma.mean() - dist.mean()) < 5 * dist.std() / np.sqrt(t.size), sde
         assert abs(log_sigma.std() / dist.std() - 1.0) < 0.01, sde
+
+
+def test_log_uniform_times_are_uniform_in_log_sigma_and_uniform_t_for_ve():
+    """log sigma_t of the drawn times is U[log sigma(t_min), log sigma(1)] (deciles within 0.01 of the
+    uniform's); for VE, where log sigma is linear in t, the draws are uniform t's, the same numbers."""
+    for sde in (VESDE(sigma_max=5.0), VPSDE(), SubVPSDE()):
+        t = TimeSampler(sde, "log_uniform").sample(200_000, np.random.default_rng(0))
+        assert t.min() >= sde.t_min and t.max() <= 1.0
+        lo, hi = np.log(sde.marginal(np.array([sde.t_min, 1.0]))[1])
+        u = (np.log(sde.marginal(t)[1]) - lo) / (hi - lo)
+        np.testing.assert_allclose(np.quantile(u, np.linspace(0.1, 0.9, 9)), np.linspace(0.1, 0.9, 9), atol=0.01)
+    ve = VESDE(sigma_max=5.0)
+    np.testing.assert_array_equal(TimeSampler(ve, "log_uniform").sample(100, np.random.default_rng(1)),
+                                  TimeSampler(ve, "uniform").sample(100, np.random.default_rng(1)))
 
 
 def test_hutchinson_divergence_is_unbiased_for_the_exact_trace():
