@@ -83,11 +83,10 @@ def npse_on_task(task, num_simulations, observations, seed=0, sde="ve", backend=
 
     Draws ``num_simulations`` parameters from the task's prior (seed ``child_seed(seed, 1)``),
     simulates them (``child_seed(seed, 2)``), trains one NPSE (seed ``seed``; ``train_kwargs`` to
-    ``NPSE.train``; ``baseline`` to ``NPSE``; the VE sigma_min from the task where it gives one) and draws
-    ``num_samples``
-    at each observation number k in ``observations`` with ``sampler``, rejecting draws outside
-    the prior (``child_seed(seed, 3, k)``). say: None or a callable told a line after the
-    simulations and after each sampling. Returns (inference, posterior, draws), draws a list of
+    ``NPSE.train``; ``baseline`` to ``NPSE``; the VE sigma_min from the task where it gives one) and
+    draws ``num_samples`` at each observation number k in ``observations`` with ``sampler``,
+    rejecting draws outside the prior (``child_seed(seed, 3, k)``). say: None or a callable told a
+    line after the simulations and after each sampling. Returns (inference, posterior, draws), draws a list of
     (k, samples (num_samples, dim_theta), sample seconds).
     """
     from .npse import NPSE
@@ -165,6 +164,8 @@ def run_benchmark(task_name, method="npse", sde="ve", budget=10_000, observation
                       truncation_seconds=0.0, simulations=budget - inference.n_invalid))
     elif method == "tsnpse":
         for k in observations:
+            # baseline only when set: TSNPSE records its NPSE arguments for resuming, and a run without
+            # one must keep resuming the workdirs written before the option existed
             run = sn.TSNPSE(task.prior, task.simulate, task.observation(k), sde=sde, backend=be, seed=seed,
                             show_progress=show_progress, train_kwargs=train_kwargs,
                             **({} if baseline is None else dict(baseline=baseline)), **sde_kwargs(task, sde))

@@ -427,13 +427,15 @@ class NPSE:
         opts.update({k: v for k, v in given.items() if v is not None})
         _check_train_options(opts)
         show = self.show_progress if show_progress is None else show_progress
-        n = len(self.get_simulations()[0])
+        theta, x = self.get_simulations()
+        n = theta.shape[0]
         weights = None if sample_weights is None else _check_weights(sample_weights, n)
         n_val = max(1, int(round(n * opts["validation_fraction"])))
         if n - n_val < 1:
             raise ValueError(f"too few simulations ({n}) for a validation split")
         if self.baseline != "auto":
-            return self._train_one(opts, show, init_params, weights, baseline=self.baseline is not None)
+            return self._train_one(theta, x, n_val, opts, show, init_params, weights,
+                                   baseline=self.baseline is not None)
         # baseline="auto": the same run twice from the same generator state (the same split,
         # batches, times, noise and validation draws), kept by the lower held-out DSM loss. Both
         # losses estimate E |sigma_t s(theta_t) + z|^2 of the TOTAL score on the same draws, so they
@@ -441,30 +443,29 @@ class NPSE:
         state = self.rng.bit_generator.state
         if opts["max_seconds"] is not None:  # the wall-clock budget bounds the whole call: half each
             opts = dict(opts, max_seconds=0.5 * opts["max_seconds"])
-        runs = []
-        for with_baseline in (False, True):
+        runs = {}  # baseline name -> (posterior, summary)
+        for name in (None, "gaussian"):
             self.rng.bit_generator.state = state
             if show:
-                print(f"baseline auto: training {'with' if with_baseline else 'without'} the Gaussian baseline",
-                      flush=True)
-            posterior = self._train_one(opts, show, init_params, weights, baseline=with_baseline)
-            runs.append((self.summary["best_val_loss"], with_baseline, posterior, self.summary))
-        losses = {("gaussian" if r[1] else None): r[0] for r in runs}
-        _, with_baseline, posterior, summary = min(runs, key=lambda r: r[0])  # a tie keeps no baseline
-        total_seconds = sum(r[3]["train_seconds"] for r in runs)
-        self.summary = dict(summary, baseline_val_losses=losses, train_seconds=total_seconds)
+                print(f"baseline auto: training {'with' if name else 'without'} the Gaussian baseline", flush=True)
+            posterior = self._train_one(theta, x, n_val, opts, show, init_params, weights, baseline=name is not None)
+            runs[name] = posterior, self.summary
+        losses = {name: summary["best_val_loss"] for name, (_, summary) in runs.items()}
+        kept = "gaussian" if losses["gaussian"] < losses[None] else None  # a tie keeps no baseline
+        posterior, summary = runs[kept]
+        self.summary = dict(summary, baseline_val_losses=losses,
+                            train_seconds=sum(s["train_seconds"] for _, s in runs.values()))
         if show:
             print(f"baseline auto: validation loss {losses[None]:.5f} without, {losses['gaussian']:.5f} with; "
-                  f"kept {'the baseline' if with_baseline else 'no baseline'}", flush=True)
+                  f"kept {'the baseline' if kept else 'no baseline'}", flush=True)
         self._posterior = posterior
         return posterior
 
-    def _train_one(self, opts, show, init_params, weights, baseline):
-        """One training run with checked options ``opts`` (see ``train``); ``baseline``: whether the
-        network corrects the Gaussian fit's score. Sets ``summary`` and returns the posterior."""
-        theta, x = self.get_simulations()
+    def _train_one(self, theta, x, n_val, opts, show, init_params, weights, baseline):
+        """One training run on the simulations theta (n, d), x (n, p) with ``n_val`` validation rows and
+        checked options ``opts`` (see ``train``); ``baseline``: whether the network corrects the Gaussian
+        fit's score. Sets ``summary`` and returns the posterior."""
         n = theta.shape[0]
-        n_val = max(1, int(round(n * opts["validation_fraction"])))
 
         be, xp, dt = self.backend, self.backend.xp, self.dtype
         theta_std, x_std = Standardizer.fit(theta), Standardizer.fit(x)

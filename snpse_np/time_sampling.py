@@ -27,15 +27,16 @@ class TimeSampler:
         if kind not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {kind!r}")
         self.sde, self.kind, self.mean, self.std = sde, kind, float(mean), float(std)
-        self._linear = isinstance(sde, VESDE)  # log sigma linear in t: "log_uniform" is "uniform"
-        if kind in ("lognormal", "log_uniform"):
+        # VE: log sigma is linear in t, so "log_uniform" IS "uniform" (drawn as such, the same numbers)
+        self._uniform_t = kind == "uniform" or (kind == "log_uniform" and isinstance(sde, VESDE))
+        if not self._uniform_t:
             # sigma(t) is increasing for every SDE here: tabulate log sigma on a fine grid, invert by interpolation
             self._t = np.linspace(sde.t_min, 1.0, grid)
             self._log_sigma = np.log(sde.marginal(self._t)[1])
 
     def sample(self, n, rng):
         """(n,) float64 times."""
-        if self.kind == "uniform" or (self.kind == "log_uniform" and self._linear):
+        if self._uniform_t:
             return rng.uniform(self.sde.t_min, 1.0, n)
         lo, hi = self._log_sigma[0], self._log_sigma[-1]
         if self.kind == "log_uniform":
