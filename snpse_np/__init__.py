@@ -8,7 +8,7 @@ Inference with Conditional Score Based Diffusion Models", ICML 2024.
 
 Importing the package imports numpy only; numba and cupy load when a backend needs them.
 """
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 from .priors import BoxUniform, LogNormal, MultivariateNormal, Normal  # noqa: F401
 

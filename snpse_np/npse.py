@@ -379,7 +379,8 @@ class NPSE:
     def train(self, max_steps=None, max_epochs=None, batch_size=None, learning_rate=None, lr_schedule=None,
               warmup_steps=None, final_learning_rate=None, validation_fraction=None, patience=None,
               min_improvement=None, ema_decay=None, max_seconds=None, time_sampling=None,
-              min_steps_per_epoch=None, show_progress=None, init_params=None, sample_weights=None):
+              min_steps_per_epoch=None, show_progress=None, init_params=None, sample_weights=None,
+              fit_rows=None):
         """Train a fresh score network on all simulations; return the ``ScorePosterior``.
 
         Arguments left None take ``TRAIN_DEFAULTS``. The run is a budget of Adam steps over
@@ -416,6 +417,12 @@ class NPSE:
         it. They are a training argument, not stored with the rows, because importance weights
         p(theta)/p~(theta) change whenever the proposal mixture p~ gains a round. With all weights
         equal to 1, training is bit-identical to training without weights.
+
+        ``fit_rows``: fit the linear-Gaussian (the samplers' start, and the baseline score when there is
+        one) on the training rows among the first ``fit_rows`` simulations only, not on all of them. A
+        sequential run passes its prior round's count: later rounds draw from a truncated prior, and a
+        regression of theta on x over truncated draws has too small a residual variance (TSNPSE with the
+        baseline on gaussian_linear was 13-16% too narrow; NOTES.md).
         """
         given = dict(max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
                      learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
@@ -433,8 +440,11 @@ class NPSE:
         n_val = max(1, int(round(n * opts["validation_fraction"])))
         if n - n_val < 1:
             raise ValueError(f"too few simulations ({n}) for a validation split")
+        fit_rows = n if fit_rows is None else integer(fit_rows, "fit_rows", minimum=1)
+        if fit_rows > n:
+            raise ValueError(f"fit_rows ({fit_rows}) exceeds the number of simulations ({n})")
         if self.baseline != "auto":
-            return self._train_one(theta, x, n_val, opts, show, init_params, weights,
+            return self._train_one(theta, x, n_val, opts, show, init_params, weights, fit_rows,
                                    baseline=self.baseline is not None)
         # baseline="auto": the same run twice from the same generator state (the same split,
         # batches, times, noise and validation draws), kept by the lower held-out DSM loss. Both
@@ -448,7 +458,8 @@ class NPSE:
             self.rng.bit_generator.state = state
             if show:
                 print(f"baseline auto: training {'with' if name else 'without'} the Gaussian baseline", flush=True)
-            posterior = self._train_one(theta, x, n_val, opts, show, init_params, weights, baseline=name is not None)
+            posterior = self._train_one(theta, x, n_val, opts, show, init_params, weights, fit_rows,
+                                        baseline=name is not None)
             runs[name] = posterior, self.summary
         losses = {name: summary["best_val_loss"] for name, (_, summary) in runs.items()}
         kept = "gaussian" if losses["gaussian"] < losses[None] else None  # a tie keeps no baseline
@@ -461,9 +472,10 @@ class NPSE:
         self._posterior = posterior
         return posterior
 
-    def _train_one(self, theta, x, n_val, opts, show, init_params, weights, baseline):
+    def _train_one(self, theta, x, n_val, opts, show, init_params, weights, fit_rows, baseline):
         """One training run on the simulations theta (n, d), x (n, p) with ``n_val`` validation rows and
-        checked options ``opts`` (see ``train``); ``baseline``: whether the network corrects the Gaussian
+        checked options ``opts`` (see ``train``); the Gaussian is fitted on the training rows among the first
+        ``fit_rows``; ``baseline``: whether the network corrects the Gaussian
         fit's score. Sets ``summary`` and returns the posterior."""
         n = theta.shape[0]
 
@@ -479,7 +491,11 @@ class NPSE:
 
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
         # the linear-Gaussian fit: where sampling starts; with baseline="gaussian" also a score the net corrects
-        gaussian = (LinearGaussian.fit(th[tr_idx], xs[tr_idx], min_var=self.baseline_min_var)
+        fit_idx = tr_idx[tr_idx < fit_rows]  # == tr_idx unless the caller limits the fit
+        if fit_idx.size < x.shape[1] + 2:
+            raise ValueError(f"fit_rows={fit_rows} leaves {fit_idx.size} training rows for the Gaussian fit; "
+                             f"it needs at least dim(x) + 2 = {x.shape[1] + 2}")
+        gaussian = (LinearGaussian.fit(th[fit_idx], xs[fit_idx], min_var=self.baseline_min_var)
                     if self._fit_gaussian else None)
         model = ScoreModel(net, self.sde, self.precondition, self.time_input, self.floor, gaussian=gaussian,
                            baseline=baseline)

@@ -6,7 +6,9 @@ the prior truncated to the eps-highest-probability region of the round r-1 poste
 network on everything (``warm_start=True`` starts from the previous weights instead). Because
 every proposal is the prior restricted to a region that (up to eps) contains the posterior, the
 plain NPSE loss on the pooled data still targets the true posterior (paper Prop. 3.1): no
-importance weights, no proposal correction.
+importance weights, no proposal correction. The linear-Gaussian fit of theta given x (the
+samplers' start, and the score the network corrects with ``baseline=``) is made on round 1's
+prior draws only: regressed over truncated draws its residual variance comes out too small.
 
 Nothing is lost: with ``workdir=``, each round's simulations, its posterior and the run's state
 are written as they finish (atomically), and ``run(..., resume=True)`` continues a killed run
@@ -37,7 +39,7 @@ or the sbi-style loop, for people who simulate elsewhere:
     inference, proposal = NPSE(prior), prior
     for r in range(R):
         theta = proposal.sample(M, seed=r); x = my_simulator(theta)
-        posterior = inference.append_simulations(theta, x).train()
+        posterior = inference.append_simulations(theta, x).train(fit_rows=M)  # fit on round 1's rows
         proposal = TruncatedPrior(prior, posterior, x_o)
 """
 import copy
@@ -125,8 +127,13 @@ class TSNPSE(RoundDriver):
                            screened_candidates=proposal.screened_candidates)
 
     def train_round(self, r, inference, n):
-        """A fresh network on the pooled rounds (or warm-started from the last round's weights)."""
+        """A fresh network on the pooled rounds (or warm-started from the last round's weights). The
+        linear-Gaussian fit (start and baseline) uses the prior round's rows only: the truncated rounds'
+        draws would shrink its residual variance (``NPSE.train``'s ``fit_rows``)."""
+        if r == 0:
+            self._prior_rows = inference.get_simulations()[0].shape[0]
         train_kwargs = dict(self.train_kwargs)
+        train_kwargs.setdefault("fit_rows", self._prior_rows)
         if self.warm_start and r > 0:
             train_kwargs["init_params"] = self.posterior.params
         posterior = inference.train(**train_kwargs).set_default_x(self.x_o)
@@ -144,4 +151,6 @@ class TSNPSE(RoundDriver):
         # state fitted from the data (the VE sigma_max from round 1) as the round saved it:
         # a fresh NPSE would refit it to the pooled rounds and train differently
         inference.sde = sde_from_config(summary["sde"])
+        if r == 0:  # what train_round would have recorded (only round 0's rows are pooled yet)
+            self._prior_rows = inference.get_simulations()[0].shape[0]
         return load(path, backend=self.backend, prior=self.prior)

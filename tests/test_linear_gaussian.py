@@ -248,3 +248,28 @@ def test_a_file_without_the_fit_loads_and_starts_from_the_sde(trained_with_basel
     back = sn.load(path)
     assert back.model.gaussian is None and not back.model.baseline
     assert np.all(np.isfinite(back.sample(20, x=X_O, seed=1)))
+
+
+def test_fit_rows_fits_the_gaussian_on_the_prior_rows_only():
+    """A sequential run's later rounds draw a truncated prior: regressing theta on x over those rows
+    gives too small a residual variance. With ``fit_rows`` the fit sees only the first rows (the prior's)
+    and its variance is the analytic posterior variance; over all rows it is far too small. 1-D,
+    theta ~ N(0, 1), x = theta + N(0, 1): posterior variance 1/2 (as gaussian_linear: prior and
+    noise of equal variance), then 6,000 rows from the prior truncated to |theta| < 0.3."""
+    prior = sn.Normal(np.zeros(1), np.ones(1))
+    rng = np.random.default_rng(0)
+    theta = np.concatenate([rng.standard_normal((2000, 1)), rng.uniform(-0.3, 0.3, (6000, 1))])
+    x = theta + rng.standard_normal(theta.shape)
+    want = 0.5
+
+    def fitted_var(**kw):
+        inference = sn.NPSE(prior, sde="ve", seed=0, show_progress=False, hidden=16, backend="numpy")
+        post = inference.append_simulations(theta, x).train(max_steps=2, **kw)
+        return float(post.model.gaussian.evals[0] * post.theta_std.std[0] ** 2)  # raw units
+
+    assert abs(fitted_var(fit_rows=2000) / want - 1) < 0.1
+    assert fitted_var() / want < 0.7  # the truncated rows shrink it
+    with pytest.raises(ValueError, match="fit_rows"):
+        fitted_var(fit_rows=8001)
+    with pytest.raises(ValueError, match="fit_rows"):
+        fitted_var(fit_rows=2)

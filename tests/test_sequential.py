@@ -1,5 +1,6 @@
 """TSNPSE: the truncated prior, a two-round run against an analytic posterior, resuming a killed
 run, and the error for a too-low acceptance rate."""
+import json
 import os
 
 import numpy as np
@@ -389,6 +390,40 @@ def test_custom_prior_run_resumes(tmp_path):
     with pytest.raises(ValueError, match="prior="):
         sn.load(tmp_path / "round_01" / "posterior.npz")
     assert sn.load(tmp_path / "round_01" / "posterior.npz", prior=prior).prior is prior
+
+
+def test_every_round_fits_the_gaussian_on_the_prior_rounds_rows(monkeypatch, tmp_path):
+    """Rounds after the first draw a truncated prior, whose rows would shrink the linear-Gaussian fit's
+    variance (tests/test_linear_gaussian.py): every round's training gets ``fit_rows`` = the prior
+    round's pooled rows (its NaN rows dropped), also when round 1 was loaded from a workdir."""
+    calls = []
+    train = sn.NPSE.train
+
+    def spy(self, **kw):
+        calls.append(kw.get("fit_rows"))
+        return train(self, **kw)
+
+    monkeypatch.setattr(sn.NPSE, "train", spy)
+
+    def sometimes_nan(theta, seed=None):
+        x = simulator(theta, seed)
+        x[:7] = np.nan  # 7 failed rows a call
+        return x
+
+    kw = dict(num_simulations=300, num_rounds=3, num_hpr_samples=300, log_prob_kwargs=dict(method="rk4", steps=4))
+    prior = sn.Normal(np.zeros(2), np.ones(2))
+    run = sn.TSNPSE(prior, sometimes_nan, X_O, seed=0, workdir=tmp_path, **TINY)
+    run.run(**kw)
+    prior_rows = 100 - run.rounds[0]["failed_simulations"]
+    assert prior_rows < 100 and calls == [prior_rows] * 3
+    calls.clear()
+    (tmp_path / "round_02" / "posterior.npz").unlink()  # as if killed before round 3 was saved
+    state = tmp_path / "state.json"
+    st = json.loads(state.read_text())
+    st["rounds"] = st["rounds"][:2]
+    state.write_text(json.dumps(st))
+    sn.TSNPSE(prior, sometimes_nan, X_O, seed=0, workdir=tmp_path, **TINY).run(**kw)
+    assert calls == [prior_rows]  # rounds 1-2 loaded, round 3 trained with the loaded round 1's count
 
 
 @pytest.mark.parametrize("kwargs,match", [
