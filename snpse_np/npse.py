@@ -404,9 +404,10 @@ class NPSE:
         ``lr_schedule="constant"``, stops the run. ``ema_decay``: a float in (0, 1), "auto" (an
         averaging window of 5% of the budget) or 0 (off). A NaN/inf loss stops with a
         FloatingPointError. ``time_sampling``: "uniform" t, "lognormal" sigma (see
-        ``time_sampling``; measured worse on two_moons and slcp with VE) or "log_uniform" sigma (the
-        same as "uniform" for VE; for VP it helped three sbibm tasks and hurt gaussian_linear badly: NOTES.md). ``init_params`` starts from
-        given weights (a warm start) instead of a fresh initialisation.
+        ``time_sampling``; measured worse on two_moons and slcp with VE), "log_uniform" sigma (the
+        same as "uniform" for VE; for VP it helped three sbibm tasks and hurt gaussian_linear badly: NOTES.md)
+        or "mixed" (a coin per draw between the two). ``init_params`` starts from given weights (a warm
+        start) instead of a fresh initialisation.
 
         ``sample_weights``: optional importance weights, one per simulation, shape (n,), aligned
         with the rows of ``get_simulations()`` (so after rows with NaN/inf x were dropped), all

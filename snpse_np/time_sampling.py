@@ -9,6 +9,8 @@
   octave of noise gets the same share of the steps. For the VE SDE, log sigma_t is linear in t, so
   this IS ``"uniform"`` (drawn as such, bit for bit); for VP and sub-VP, uniform t spends most steps
   near pure noise (VP, beta 0.1..11: 78% of the draws have sigma_t > 0.5, against 12% here).
+- ``"mixed"``: each draw is uniform t or log-uniform sigma with probability 1/2 (a coin per draw):
+  log-uniform's small noise levels without giving up uniform t's large ones. For VE, ``"uniform"``.
 
 Any positive density over t keeps the minimiser of the loss at the true score; only the weighting
 of the errors changes.
@@ -19,7 +21,7 @@ import numpy as np
 
 from .sde import VESDE
 
-TIME_SAMPLINGS = ("uniform", "lognormal", "log_uniform")
+TIME_SAMPLINGS = ("uniform", "lognormal", "log_uniform", "mixed")
 
 
 class TimeSampler:
@@ -27,8 +29,8 @@ class TimeSampler:
         if kind not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {kind!r}")
         self.sde, self.kind, self.mean, self.std = sde, kind, float(mean), float(std)
-        # VE: log sigma is linear in t, so "log_uniform" IS "uniform" (drawn as such, the same numbers)
-        self._uniform_t = kind == "uniform" or (kind == "log_uniform" and isinstance(sde, VESDE))
+        # VE: log sigma is linear in t, so "log_uniform" and "mixed" ARE "uniform" (drawn as such, the same numbers)
+        self._uniform_t = kind == "uniform" or (kind in ("log_uniform", "mixed") and isinstance(sde, VESDE))
         if not self._uniform_t:
             # sigma(t) is increasing for every SDE here: tabulate log sigma on a fine grid, invert by interpolation
             self._t = np.linspace(sde.t_min, 1.0, grid)
@@ -41,6 +43,11 @@ class TimeSampler:
         lo, hi = self._log_sigma[0], self._log_sigma[-1]
         if self.kind == "log_uniform":
             return np.interp(rng.uniform(lo, hi, n), self._log_sigma, self._t)
+        if self.kind == "mixed":
+            t = rng.uniform(self.sde.t_min, 1.0, n)
+            coin = rng.random(n) < 0.5
+            t[coin] = np.interp(rng.uniform(lo, hi, int(coin.sum())), self._log_sigma, self._t)
+            return t
         # truncated normal by inverse CDF on the allowed interval (never loops, never clips mass to the ends)
         cdf = lambda v: 0.5 * (1.0 + erf((v - self.mean) / (self.std * sqrt(2.0))))  # noqa: E731
         u = rng.uniform(cdf(lo), cdf(hi), n)
