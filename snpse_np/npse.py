@@ -493,7 +493,7 @@ class NPSE:
         net = ScoreNetwork.paper(theta.shape[1], x.shape[1], self.hidden, self.activation)
         # the linear-Gaussian fit: where sampling starts; with baseline="gaussian" also a score the net corrects
         fit_idx = tr_idx[tr_idx < fit_rows]  # == tr_idx unless the caller limits the fit
-        if fit_idx.size < x.shape[1] + 2:
+        if self._fit_gaussian and fit_rows < n and fit_idx.size < x.shape[1] + 2:  # a fit of all rows never refuses
             raise ValueError(f"fit_rows={fit_rows} leaves {fit_idx.size} training rows for the Gaussian fit; "
                              f"it needs at least dim(x) + 2 = {x.shape[1] + 2}")
         gaussian = (LinearGaussian.fit(th[fit_idx], xs[fit_idx], min_var=self.baseline_min_var)

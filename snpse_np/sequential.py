@@ -39,7 +39,10 @@ or the sbi-style loop, for people who simulate elsewhere:
     inference, proposal = NPSE(prior), prior
     for r in range(R):
         theta = proposal.sample(M, seed=r); x = my_simulator(theta)
-        posterior = inference.append_simulations(theta, x).train(fit_rows=M)  # fit on round 1's rows
+        inference.append_simulations(theta, x)
+        if r == 0:  # round 1's rows (its NaN rows dropped): the linear-Gaussian fit's
+            n1 = len(inference.get_simulations()[0])
+        posterior = inference.train(fit_rows=n1)
         proposal = TruncatedPrior(prior, posterior, x_o)
 """
 import copy

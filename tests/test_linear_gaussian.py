@@ -273,3 +273,7 @@ def test_fit_rows_fits_the_gaussian_on_the_prior_rows_only():
         fitted_var(fit_rows=8001)
     with pytest.raises(ValueError, match="fit_rows"):
         fitted_var(fit_rows=2)
+    # without fit_rows a fit over fewer rows than dim(x) + 2 is still made (least squares' minimum norm)
+    few = sn.NPSE(sn.Normal(np.zeros(2), np.ones(2)), sde="ve", seed=0, show_progress=False, hidden=16,
+                  backend="numpy").append_simulations(rng.standard_normal((6, 2)), rng.standard_normal((6, 5)))
+    assert np.all(np.isfinite(few.train(max_steps=2).model.gaussian.evals))
